@@ -1,0 +1,85 @@
+"""A request and its lifecycle.
+
+Phases: ``QUEUED`` (waiting for prefill) -> ``PREFILL`` (in an iteration) -> ``DECODE`` (colocated, or
+after the KV transfer on a decode instance; ``TRANSFER`` in between for disaggregated deployments) ->
+``FINISHED``. ``REJECTED`` is terminal with a reason. A request preempted by recompute goes back to
+``QUEUED`` keeping the tokens it already generated.
+
+Token accounting (vLLM semantics): after prefill the request has generated its first token and its
+KV cache holds the prompt (``kv_tokens = prompt``). Each decode iteration feeds the last generated token,
+writes its KV (``kv_tokens += 1``) and generates one more token. A request finishes when
+``generated == output_tokens``; its KV then holds ``prompt + output - 1`` tokens.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+
+class Phase(enum.Enum):
+    QUEUED = "queued"
+    PREFILL = "prefill"
+    TRANSFER = "transfer"
+    DECODE = "decode"
+    FINISHED = "finished"
+    REJECTED = "rejected"
+
+
+class RejectReason(str, enum.Enum):
+    EXCEEDS_CONTEXT = "exceeds_context"  # prompt + output > the model's context length
+    EXCEEDS_TOKEN_BUDGET = "prompt_exceeds_max_num_batched_tokens"  # vLLM ignores such prompts
+    EXCEEDS_KV_CAPACITY = "exceeds_kv_capacity"  # could never fit in one instance's KV cache
+
+
+class Request:
+    """One inference request and what happened to it. Times are simulation seconds (NaN = not yet)."""
+
+    __slots__ = (
+        "id", "arrival_s", "prompt_tokens", "output_tokens", "phase", "generated", "kv_tokens",
+        "prefill_start_s", "first_token_s", "finish_s", "last_token_s", "itl_max_s",
+        "kv_transfer_s", "kv_transfer_wait_s", "prefill_instance", "decode_instance", "preemptions",
+        "reject_reason", "_ready_s",
+    )
+
+    def __init__(self, id: int, arrival_s: float, prompt_tokens: int, output_tokens: int):
+        self.id = id
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.phase = Phase.QUEUED
+        self.generated = 0
+        self.kv_tokens = 0
+        self.prefill_start_s = math.nan
+        self.first_token_s = math.nan
+        self.finish_s = math.nan
+        self.last_token_s = math.nan
+        self.itl_max_s = math.nan
+        self.kv_transfer_s = math.nan
+        self.kv_transfer_wait_s = math.nan
+        self.prefill_instance = -1
+        self.decode_instance = -1
+        self.preemptions = 0
+        self.reject_reason: str = ""
+        self._ready_s = math.nan  # when the request became ready on the decode side (transfer done)
+
+    @property
+    def prefill_tokens_needed(self) -> int:
+        """Tokens a (re)prefill must process: the prompt, plus generated tokens after a preemption."""
+        return self.prompt_tokens + self.generated
+
+    @property
+    def remaining_output(self) -> int:
+        return self.output_tokens - self.generated
+
+    def record_token(self, t_s: float) -> None:
+        """Note a token emitted at ``t_s`` (for the max inter-token latency)."""
+        if self.last_token_s == self.last_token_s:  # not NaN
+            gap = t_s - self.last_token_s
+            if not (gap <= self.itl_max_s):  # also true when itl_max_s is NaN
+                self.itl_max_s = gap
+        self.last_token_s = t_s
+
+    def __repr__(self) -> str:
+        return (f"Request(id={self.id}, phase={self.phase.name}, prompt={self.prompt_tokens}, "
+                f"output={self.output_tokens}, generated={self.generated})")

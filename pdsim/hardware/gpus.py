@@ -1,0 +1,87 @@
+"""GPU datasheet facts and prices.
+
+Source: ``pdsim/data/gpu_specs.csv``, copied from the project's shared data; each row names its
+datasheet source and the source and date of its approximate on-demand price (see the ``source`` and
+``price_source`` columns). Memory is read as decimal gigabytes (``mem_gb`` x 1e9 bytes), which slightly
+under-states GPUs whose capacity is a binary 80 GiB; the KV capacity pdsim computes is therefore a little
+conservative.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pdsim.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSpec:
+    """Datasheet facts of one GPU type.
+
+    Attributes:
+        name: catalog name, e.g. ``H100-SXM``.
+        vendor: ``NVIDIA``, ``AMD`` or ``Intel``.
+        memory_bytes: HBM/GDDR capacity in bytes.
+        mem_bw_bytes_per_s: peak memory bandwidth.
+        bf16_dense_flops: peak dense BF16 tensor FLOP/s.
+        fp8_dense_flops: peak dense FP8 FLOP/s (NaN where unsupported).
+        intra_node_gbps_unidir: intra-node GPU-to-GPU bandwidth per GPU per direction, GB/s.
+        tdp_w: board power (NaN when unpublished).
+        price_usd_per_hour: approximate on-demand price per GPU-hour (NaN when none is known).
+    """
+
+    name: str
+    vendor: str
+    memory_bytes: int
+    mem_bw_bytes_per_s: float
+    bf16_dense_flops: float
+    fp8_dense_flops: float
+    intra_node_gbps_unidir: float
+    tdp_w: float
+    price_usd_per_hour: float
+
+
+def _float(row: dict[str, str], key: str) -> float:
+    value = (row.get(key) or "").strip()
+    return float(value) if value else math.nan
+
+
+def load_gpu_catalog(path: Path | None = None) -> dict[str, GpuSpec]:
+    """Read the GPU catalog (``pdsim/data/gpu_specs.csv`` by default) into specs by name."""
+    if path is None:
+        text = resources.files("pdsim.data").joinpath("gpu_specs.csv").read_text()
+    else:
+        text = Path(path).read_text()
+    out: dict[str, GpuSpec] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        out[row["gpu"]] = GpuSpec(
+            name=row["gpu"],
+            vendor=row["vendor"],
+            memory_bytes=int(round(_float(row, "mem_gb") * 1e9)),
+            mem_bw_bytes_per_s=_float(row, "mem_bw_tbps") * 1e12,
+            bf16_dense_flops=_float(row, "bf16_dense_tflops") * 1e12,
+            fp8_dense_flops=_float(row, "fp8_dense_tflops") * 1e12,
+            intra_node_gbps_unidir=_float(row, "intra_node_bw_gbps_unidir_per_gpu"),
+            tdp_w=_float(row, "tdp_w"),
+            price_usd_per_hour=_float(row, "approx_price_usd_per_gpu_hr"),
+        )
+    return out
+
+
+def lookup_gpu(catalog: dict[str, GpuSpec], name: str, where: str) -> GpuSpec:
+    """Find a GPU by exact or case-insensitive name.
+
+    Raises:
+        ConfigError: unknown GPU, naming the field and listing the known names.
+    """
+    if name in catalog:
+        return catalog[name]
+    folded = {k.lower(): v for k, v in catalog.items()}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    raise ConfigError(f"{where}: unknown GPU {name!r}; known GPUs: {', '.join(sorted(catalog))}")

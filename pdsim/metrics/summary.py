@@ -1,0 +1,92 @@
+"""Summary of a run: one row per deployment x workload (the ``summary.csv`` contract).
+
+Definitions (DESIGN.md vocabulary):
+
+- Percentiles (``ttft_p50_s`` ...) over completed requests (numpy ``linear`` method); TPOT over
+  completed requests with more than one output token.
+- ``slo_attainment``: fraction of *all* requests (rejected ones count as misses) with
+  TTFT <= ``slo.ttft_s`` and TPOT <= ``slo.tpot_s`` (one-token requests judged on TTFT alone).
+- ``slo_met``: the ``slo.percentile``-th percentiles of TTFT and TPOT are both within target and
+  attainment >= ``slo.attainment_target``.
+- ``goodput_rps``: requests that met the SLOs per second of the run (span from the first arrival to
+  the last finish). This is the *SLO-meeting throughput at the offered load*; DistServe's goodput
+  (the highest offered rate at which attainment stays >= target) comes from a rate search.
+- ``output_tokens_per_s``: output tokens of completed requests per second of the span.
+- ``usd_per_hour``: GPUs x $/GPU-hour; ``usd_per_million_output_tokens`` =
+  usd_per_hour / (output_tokens_per_s x 3600) x 1e6 (DESIGN.md, "Formulas").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_COLUMNS = [
+    "deployment", "workload", "kind", "requests", "completed", "rejected",
+    "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s",
+    "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "queue_p90_s", "kv_transfer_p50_s", "kv_transfer_p90_s",
+    "span_s", "requests_per_s", "output_tokens_per_s", "slo_attainment", "slo_met", "goodput_rps",
+    "preemptions", "gpus", "usd_per_hour", "usd_per_million_output_tokens", "latency_out_of_range",
+]
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.percentile(values, q)) if values.size else float("nan")
+
+
+def meets_slo(df: pd.DataFrame, ttft_s: float, tpot_s: float) -> np.ndarray:
+    """Per request: completed, TTFT within target and (if it has one) TPOT within target."""
+    ok_ttft = df["ttft_s"].to_numpy() <= ttft_s
+    tpot = df["tpot_s"].to_numpy()
+    ok_tpot = np.isnan(tpot) | (tpot <= tpot_s)
+    return (df["status"].to_numpy() == "completed") & ok_ttft & ok_tpot
+
+
+def summarize_one(df: pd.DataFrame, *, kind: str, gpus: int, usd_per_hour: float, slo, out_of_range: int = 0) -> dict:
+    """Summary row of one deployment x workload frame (see module docstring for definitions)."""
+    done = df[df["status"] == "completed"]
+    n = len(df)
+    ttft = done["ttft_s"].to_numpy(dtype=float)
+    tpot = done["tpot_s"].to_numpy(dtype=float)
+    e2e = done["e2e_s"].to_numpy(dtype=float)
+    start = float(df["arrival_s"].min()) if n else 0.0
+    end = float(done["finish_s"].max()) if len(done) else start
+    span = end - start
+    out_tokens = float(done["output_tokens"].sum())
+    tok_per_s = out_tokens / span if span > 0 else float("nan")
+    met = meets_slo(df, slo.ttft_s, slo.tpot_s)
+    attainment = float(met.mean()) if n else float("nan")
+    p = slo.percentile
+    ttft_pq, tpot_pq = _pct(ttft, p), _pct(tpot, p)
+    slo_met = bool(
+        n and (ttft_pq <= slo.ttft_s) and (np.isnan(tpot_pq) or tpot_pq <= slo.tpot_s) and attainment >= slo.attainment_target
+    )
+    return {
+        "kind": kind,
+        "requests": n,
+        "completed": int(len(done)),
+        "rejected": int(n - len(done)),
+        "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90), "ttft_p99_s": _pct(ttft, 99),
+        "tpot_p50_s": _pct(tpot, 50), "tpot_p90_s": _pct(tpot, 90), "tpot_p99_s": _pct(tpot, 99),
+        "e2e_p50_s": _pct(e2e, 50), "e2e_p90_s": _pct(e2e, 90), "e2e_p99_s": _pct(e2e, 99),
+        "queue_p90_s": _pct(done["queue_s"].to_numpy(dtype=float), 90),
+        "kv_transfer_p50_s": _pct(done["kv_transfer_s"].to_numpy(dtype=float), 50),
+        "kv_transfer_p90_s": _pct(done["kv_transfer_s"].to_numpy(dtype=float), 90),
+        "span_s": span,
+        "requests_per_s": len(done) / span if span > 0 else float("nan"),
+        "output_tokens_per_s": tok_per_s,
+        "slo_attainment": attainment,
+        "slo_met": slo_met,
+        "goodput_rps": float(met.sum()) / span if span > 0 else float("nan"),
+        "preemptions": int(df["preemptions"].sum()),
+        "gpus": gpus,
+        "usd_per_hour": usd_per_hour,
+        "usd_per_million_output_tokens": usd_per_hour / (tok_per_s * 3600.0) * 1e6 if tok_per_s and tok_per_s == tok_per_s else float("nan"),
+        "latency_out_of_range": int(out_of_range),
+    }
+
+
+def summarize(rows: list[dict]) -> pd.DataFrame:
+    """Assemble summary rows (each with ``deployment`` and ``workload``) into ``SUMMARY_COLUMNS`` order."""
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

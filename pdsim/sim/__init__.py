@@ -1,0 +1,1 @@
+"""Simulation ring: the only package that imports SimPy."""

@@ -1,0 +1,261 @@
+"""From configuration to a deployment plan: resolved model, GPUs, latency models, KV capacity, price.
+
+A plan is built once per deployment and is read-only during a run; ``build_latency`` makes a fresh
+latency model per simulation so lookup counts are per run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdsim.config.load import LoadedExperiment
+from pdsim.config.schema import (
+    ColocatedDeployment,
+    ConstantLatency,
+    DisaggregatedDeployment,
+    PoolConfig,
+    SchedulerConfig,
+    SplitwiseTableLatency,
+)
+from pdsim.core.kv import blocks_for
+from pdsim.core.memory import activation_reserve_bytes, kv_capacity_blocks
+from pdsim.errors import CapacityError, ConfigError
+from pdsim.hardware.gpus import GpuSpec, load_gpu_catalog, lookup_gpu
+from pdsim.hardware.links import LINK_DEFAULTS, LinkSpec
+from pdsim.latency.base import LatencyModel
+from pdsim.latency.constant import ConstantLatencyModel
+from pdsim.latency.table import GPU_KEYS, MODEL_KEYS, SplitwiseTableModel
+from pdsim.models.arch import ModelSpec, dtype_bytes, load_model_catalog, model_from_hf_config
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One pool, resolved.
+
+    Attributes:
+        role: ``colocated``, ``prefill`` or ``decode``.
+        gpu: the GPU spec.
+        tp, instances: from the config.
+        scheduler: the effective scheduler settings.
+        capacity_blocks: KV blocks per instance.
+        weight_bytes_per_gpu, activation_bytes_per_gpu, kv_bytes_per_token_per_gpu: memory arithmetic.
+        price_usd_per_gpu_hour: price used for cost.
+    """
+
+    role: str
+    config: PoolConfig
+    gpu: GpuSpec
+    tp: int
+    instances: int
+    scheduler: SchedulerConfig
+    capacity_blocks: int
+    weight_bytes_per_gpu: int
+    activation_bytes_per_gpu: int
+    kv_bytes_per_token_per_gpu: int
+    price_usd_per_gpu_hour: float
+    latency_source: tuple
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.instances
+
+    @property
+    def usd_per_hour(self) -> float:
+        return self.gpus * self.price_usd_per_gpu_hour
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.capacity_blocks * self.scheduler.block_size
+
+    @property
+    def watermark_blocks(self) -> int:
+        return int(self.capacity_blocks * self.scheduler.watermark_fraction)
+
+    def max_request_tokens(self) -> int:
+        """Largest prompt + output that one instance could ever hold (capacity minus watermark)."""
+        return (self.capacity_blocks - self.watermark_blocks) * self.scheduler.block_size
+
+    def build_latency(self) -> LatencyModel:
+        kind, *args = self.latency_source
+        match kind:
+            case "splitwise_table":
+                path, model_key, hw_key, scale = args
+                return SplitwiseTableModel(Path(path), model_key, hw_key, self.tp, scale)
+            case "constant":
+                return ConstantLatencyModel(args[0])
+        raise ConfigError(f"unknown latency kind {kind!r}")  # unreachable: schema restricts kinds
+
+    def describe(self) -> dict:
+        return {
+            "role": self.role,
+            "gpu": self.gpu.name,
+            "tp": self.tp,
+            "instances": self.instances,
+            "gpus": self.gpus,
+            "capacity_blocks_per_instance": self.capacity_blocks,
+            "block_size": self.scheduler.block_size,
+            "kv_capacity_tokens_per_instance": self.capacity_tokens,
+            "weight_gib_per_gpu": self.weight_bytes_per_gpu / GIB,
+            "activation_reserve_gib_per_gpu": self.activation_bytes_per_gpu / GIB,
+            "kv_bytes_per_token_per_gpu": self.kv_bytes_per_token_per_gpu,
+            "price_usd_per_gpu_hour": self.price_usd_per_gpu_hour,
+            "usd_per_hour": self.usd_per_hour,
+            "scheduler": self.scheduler.model_dump(),
+        }
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """A deployment, resolved: its pools, the KV link (disaggregated) and the model."""
+
+    name: str
+    kind: str
+    model: ModelSpec
+    max_context_tokens: int | None
+    dtype_bytes: int
+    pools: tuple[PoolPlan, ...]
+    link: LinkSpec | None
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.pools)
+
+    @property
+    def usd_per_hour(self) -> float:
+        return sum(p.usd_per_hour for p in self.pools)
+
+    def kv_transfer_bytes(self, kv_tokens: int) -> int:
+        """Bytes of KV moved for ``kv_tokens`` tokens (all layers, all KV heads)."""
+        return kv_tokens * self.model.kv_bytes_per_token(self.dtype_bytes)
+
+    def reject_reason(self, prompt_tokens: int, output_tokens: int) -> str:
+        """Why a request can never be served by this deployment ('' if it can)."""
+        total = prompt_tokens + output_tokens
+        if self.max_context_tokens is not None and total > self.max_context_tokens:
+            return "exceeds_context"
+        for pool in self.pools:
+            if prompt_tokens > pool.scheduler.max_num_batched_tokens:
+                return "prompt_exceeds_max_num_batched_tokens"
+            need = total if pool.role != "prefill" else prompt_tokens
+            if blocks_for(need, pool.scheduler.block_size) > pool.capacity_blocks - pool.watermark_blocks:
+                return "exceeds_kv_capacity"
+        return ""
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "model": self.model.name,
+            "max_context_tokens": self.max_context_tokens,
+            "gpus": self.gpus,
+            "usd_per_hour": self.usd_per_hour,
+            "pools": [p.describe() for p in self.pools],
+            "kv_link": None if self.link is None else {
+                "kind": self.link.kind, "bandwidth_gbps": self.link.bandwidth_gbps, "latency_s": self.link.latency_s},
+        }
+
+
+def resolve_model(exp: LoadedExperiment) -> ModelSpec:
+    """The experiment's model from the catalog or a HF config.json.
+
+    Raises:
+        ConfigError: unknown model name or unreadable config.json.
+    """
+    mc = exp.config.model
+    if mc.hf_config:
+        path = exp.resolve(mc.hf_config)
+        try:
+            cfg = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{exp.path}: model.hf_config: file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{exp.path}: model.hf_config: {path} is not valid JSON: {e}") from None
+        return model_from_hf_config(mc.name, cfg, where=str(path))
+    catalog = load_model_catalog()
+    if mc.name not in catalog:
+        raise ConfigError(f"{exp.path}: model.name: unknown model {mc.name!r}; known: {', '.join(sorted(catalog))}")
+    return model_from_hf_config(mc.name, catalog[mc.name], where=f"{exp.path}: model")
+
+
+def _latency_source(exp: LoadedExperiment, cfg: PoolConfig, model: ModelSpec, gpu: GpuSpec, where: str) -> tuple:
+    lat = cfg.latency
+    if isinstance(lat, SplitwiseTableLatency):
+        model_key = lat.model_key or MODEL_KEYS.get(model.name)
+        hw_key = lat.hardware_key or GPU_KEYS.get(gpu.name)
+        if model_key is None:
+            raise ConfigError(f"{exp.path}: {where}.latency.model_key: no default for model {model.name!r}; set it")
+        if hw_key is None:
+            raise ConfigError(f"{exp.path}: {where}.latency.hardware_key: no default for GPU {gpu.name!r}; set it")
+        return ("splitwise_table", str(exp.resolve(lat.path)), model_key, hw_key, lat.scale)
+    if isinstance(lat, ConstantLatency):
+        return ("constant", lat.iteration_s)
+    raise ConfigError(f"{exp.path}: {where}.latency: unsupported kind")  # unreachable
+
+
+def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpec, where: str) -> PoolPlan:
+    """Resolve one pool; builds its latency model once to validate the profile.
+
+    Raises:
+        ConfigError: unknown GPU, missing price.
+        CapacityError: the model does not fit in the instance's GPUs.
+        ProfileError: the latency profile cannot serve this model / GPU / TP.
+    """
+    gpu = lookup_gpu(load_gpu_catalog(), cfg.gpu, f"{exp.path}: {where}.gpu")
+    sched = cfg.scheduler.over(exp.config.scheduler)
+    nbytes = dtype_bytes(exp.config.model.dtype)
+    weights = model.weight_bytes_per_gpu(cfg.tp, 1, nbytes)
+    if sched.activation_reserve_gib is not None:
+        act = int(sched.activation_reserve_gib * GIB)
+    else:
+        act = activation_reserve_bytes(model, cfg.tp, sched.max_num_batched_tokens, sched.max_num_seqs, nbytes)
+    kv_tok = model.kv_bytes_per_token_per_gpu(cfg.tp, 1, nbytes)
+    blocks, budget = kv_capacity_blocks(gpu.memory_bytes, sched.gpu_memory_utilization, weights, act, kv_tok, sched.block_size)
+    if blocks < 1:
+        raise CapacityError(
+            f"{exp.path}: {where}: {model.name} does not fit on {gpu.name} with tp={cfg.tp}: per GPU "
+            f"{gpu.memory_bytes / 1e9:.0f} GB x {sched.gpu_memory_utilization} utilisation - weights "
+            f"{weights / 1e9:.1f} GB - activations {act / 1e9:.1f} GB leaves {budget / 1e9:.2f} GB for the KV cache "
+            f"(one block needs {kv_tok * sched.block_size / 1e6:.2f} MB)"
+        )
+    price = cfg.price_usd_per_gpu_hour if cfg.price_usd_per_gpu_hour is not None else gpu.price_usd_per_hour
+    if price != price:
+        raise ConfigError(f"{exp.path}: {where}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
+    plan = PoolPlan(
+        role=role, config=cfg, gpu=gpu, tp=cfg.tp, instances=cfg.instances, scheduler=sched,
+        capacity_blocks=blocks, weight_bytes_per_gpu=weights, activation_bytes_per_gpu=act,
+        kv_bytes_per_token_per_gpu=kv_tok, price_usd_per_gpu_hour=float(price),
+        latency_source=_latency_source(exp, cfg, model, gpu, where),
+    )
+    plan.build_latency()  # validate now, with the config location in any error
+    return plan
+
+
+def plan_deployments(exp: LoadedExperiment) -> list[DeploymentPlan]:
+    """Resolve every deployment of an experiment (fails fast, before any simulation)."""
+    model = resolve_model(exp)
+    max_ctx = exp.config.model.max_context_tokens or model.max_context_tokens
+    nbytes = dtype_bytes(exp.config.model.dtype)
+    plans = []
+    for i, d in enumerate(exp.config.deployments):
+        where = f"deployments[{i}]({d.name})"
+        match d:
+            case ColocatedDeployment():
+                pools = (plan_pool(exp, d.pool, "colocated", model, f"{where}.pool"),)
+                link = None
+            case DisaggregatedDeployment():
+                pools = (
+                    plan_pool(exp, d.prefill, "prefill", model, f"{where}.prefill"),
+                    plan_pool(exp, d.decode, "decode", model, f"{where}.decode"),
+                )
+                base = LINK_DEFAULTS[d.kv_link.kind]
+                link = LinkSpec(
+                    kind=base.kind,
+                    bandwidth_gbps=d.kv_link.bandwidth_gbps if d.kv_link.bandwidth_gbps is not None else base.bandwidth_gbps,
+                    latency_s=d.kv_link.latency_s if d.kv_link.latency_s is not None else base.latency_s,
+                )
+        plans.append(DeploymentPlan(d.name, d.kind, model, max_ctx, nbytes, pools, link))
+    return plans
