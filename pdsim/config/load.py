@@ -130,6 +130,8 @@ def load_experiment_file(path: Path | str, overrides: list[str] | None = None) -
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    # Top-level keys starting with "x-" hold YAML anchors for reuse (as in docker-compose files).
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     apply_overrides(data, overrides or [], str(path))
     try:
         config = Experiment.model_validate(data)
