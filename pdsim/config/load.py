@@ -36,22 +36,31 @@ class LoadedExperiment:
         return p if p.is_absolute() else (self.base_dir / p)
 
 
-def _format_loc(loc: tuple) -> str:
+def _format_loc(loc: tuple, data: Any) -> str:
+    """Dotted path of a pydantic error location, without the discriminator tags pydantic inserts.
+
+    A location element is a tag when the raw mapping at that point has no such key but its ``kind``
+    equals the element; walking the raw data tells tags apart from user names such as a workload
+    called ``trace``.
+    """
     out = ""
+    node = data
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("colocated", "disaggregated", "trace", "poisson", "gamma", "fixed", "splitwise_table", "constant"):
-            continue  # discriminator tags pydantic inserts into the location
-        else:
-            out += ("." if out else "") + str(part)
+            node = node[part] if isinstance(node, list) and -len(node) <= part < len(node) else None
+            continue
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue  # discriminator tag
+        out += ("." if out else "") + str(part)
+        node = node.get(part) if isinstance(node, dict) else None
     return out
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
+def format_validation_error(source: str, err: ValidationError, data: Any = None) -> str:
     lines = []
     for e in err.errors():
-        loc = _format_loc(tuple(e["loc"]))
+        loc = _format_loc(tuple(e["loc"]), data)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -136,5 +145,5 @@ def load_experiment_file(path: Path | str, overrides: list[str] | None = None) -
     try:
         config = Experiment.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(str(path), err)) from None
+        raise ConfigError(format_validation_error(str(path), err, data)) from None
     return LoadedExperiment(config=config, path=path, base_dir=path.parent)

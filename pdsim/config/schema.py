@@ -40,7 +40,9 @@ class SchedulerConfig(_Strict):
     """Batch scheduler and KV cache of each instance (vLLM's knobs and defaults).
 
     Attributes:
-        max_num_batched_tokens: token budget of one iteration.
+        max_num_batched_tokens: token budget of one iteration. Without chunked prefill a request must
+            fit it whole, including a re-prefill after preemption: requests with
+            prompt + output - 1 above it are rejected (reason ``exceeds_max_num_batched_tokens``).
         max_num_seqs: most requests in one iteration.
         block_size: tokens per KV block.
         gpu_memory_utilization: fraction of GPU memory the engine may use.

@@ -28,7 +28,9 @@ class Phase(enum.Enum):
 
 class RejectReason(str, enum.Enum):
     EXCEEDS_CONTEXT = "exceeds_context"  # prompt + output > the model's context length
-    EXCEEDS_TOKEN_BUDGET = "prompt_exceeds_max_num_batched_tokens"  # vLLM ignores such prompts
+    # prompt + output - 1 > max_num_batched_tokens: could not be re-prefilled in one iteration after a
+    # preemption (no chunked prefill); vLLM refuses max_model_len > max_num_batched_tokens likewise.
+    EXCEEDS_TOKEN_BUDGET = "exceeds_max_num_batched_tokens"
     EXCEEDS_KV_CAPACITY = "exceeds_kv_capacity"  # could never fit in one instance's KV cache
 
 

@@ -161,17 +161,17 @@ class SplitwiseTableModel:
         self.stats = LookupStats()
         self._sha256 = sha256_file(path)
 
+        # Each sweep on its own must not drop (a pooled median could hide a defect in one sweep).
+        single = sel[sel.batch_size == 1].groupby("prompt_size")["prompt_time"].median().sort_index()
+        batched = sel[sel.prompt_size == REFERENCE_PROMPT].assign(tokens=REFERENCE_PROMPT * sel.batch_size)
+        batched = batched.groupby("tokens")["prompt_time"].median().sort_index()
+        for sweep in (single, batched):
+            self._check_no_drop(path, sweep, model_key, hardware_key, tensor_parallel)
         # Prefill: total prompt tokens -> seconds (median of all repeats at that count).
         tokens = (sel.prompt_size * sel.batch_size).astype(int)
         prefill = sel.assign(tokens=tokens).groupby("tokens")["prompt_time"].median().sort_index()
+        self._check_no_drop(path, prefill, model_key, hardware_key, tensor_parallel)
         ys = prefill.to_numpy() / 1e3
-        drops = ys[1:] < (1.0 - MAX_PREFILL_DROP) * ys[:-1]
-        if np.any(drops):
-            j = int(np.flatnonzero(drops)[0])
-            raise ProfileError(
-                f"{path}: prefill time decreases from {prefill.index[j]} to {prefill.index[j + 1]} prompt tokens "
-                f"({ys[j] * 1e3:.1f} -> {ys[j + 1] * 1e3:.1f} ms) for {model_key}/{hardware_key}/tp{tensor_parallel}"
-            )
         self._prefill = _Curve(tuple(float(v) for v in prefill.index), tuple(float(v) for v in ys))
 
         # Decode: batch size at the reference context, plus a context slope from the batch-1 sweep.
@@ -188,6 +188,17 @@ class SplitwiseTableModel:
         self.max_measured_batch = int(batch.index.max())
         # Cache of decode time at reference context per batch size (hot path).
         self._decode_cache: dict[int, float] = {}
+
+    @staticmethod
+    def _check_no_drop(path: Path, curve: pd.Series, model_key: str, hardware_key: str, tp: int) -> None:
+        ys = curve.to_numpy(dtype=float)
+        drops = ys[1:] < (1.0 - MAX_PREFILL_DROP) * ys[:-1]
+        if np.any(drops):
+            j = int(np.flatnonzero(drops)[0])
+            raise ProfileError(
+                f"{path}: prefill time decreases from {curve.index[j]} to {curve.index[j + 1]} prompt tokens "
+                f"({ys[j]:.1f} -> {ys[j + 1]:.1f} ms) for {model_key}/{hardware_key}/tp{tp}"
+            )
 
     # -- protocol ----------------------------------------------------------------------------------
     def prefill_s(self, tokens: int) -> float:
@@ -219,7 +230,7 @@ class SplitwiseTableModel:
             return self.decode_s(shape.decode_seqs, shape.decode_context_tokens)
         t = self.prefill_s(shape.prefill_tokens + shape.decode_seqs)
         if shape.decode_seqs:
-            self.record_decode(shape.decode_seqs, 0)
+            self.record_decode(shape.decode_seqs, 1)
             t = max(t, self.decode_s(shape.decode_seqs, shape.decode_context_tokens))
         return t
 

@@ -138,8 +138,11 @@ class DeploymentPlan:
         if self.max_context_tokens is not None and total > self.max_context_tokens:
             return "exceeds_context"
         for pool in self.pools:
-            if prompt_tokens > pool.scheduler.max_num_batched_tokens:
-                return "prompt_exceeds_max_num_batched_tokens"
+            # Without chunked prefill a request preempted late re-prefills prompt + generated tokens
+            # (up to prompt + output - 1) in one iteration, so that must fit the token budget; vLLM
+            # enforces the same by requiring max_num_batched_tokens >= max_model_len.
+            if prompt_tokens + output_tokens - 1 > pool.scheduler.max_num_batched_tokens:
+                return "exceeds_max_num_batched_tokens"
             need = total if pool.role != "prefill" else prompt_tokens
             if blocks_for(need, pool.scheduler.block_size) > pool.capacity_blocks - pool.watermark_blocks:
                 return "exceeds_kv_capacity"
