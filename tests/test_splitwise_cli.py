@@ -29,9 +29,9 @@ def test_splitwise_flagship_runs_on_a_window_of_the_real_traces(tmp_path):
     per_pair = requests.groupby(["deployment", "workload"]).size()
     assert per_pair.groupby("workload").nunique().eq(1).all()
     assert (summary.completed + summary.rejected == summary.requests).all()
-    # iso-cost: every design within 1 % of the others' $/h
+    # iso-cost: every design's $/h within 1.1 % of the others' (as experiments/splitwise.yaml states)
     cost = summary.groupby("deployment").usd_per_hour.first()
-    assert cost.max() / cost.min() < 1.01
+    assert cost.max() / cost.min() < 1.011
     # disaggregated designs move KV, colocated ones do not
     disagg = summary[summary.kind == "disaggregated"]
     assert (disagg.kv_transfer_p50_s > 0).all()
