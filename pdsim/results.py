@@ -16,7 +16,6 @@ file that looks complete.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import subprocess
@@ -26,17 +25,10 @@ from pathlib import Path
 import yaml
 
 from pdsim import __version__
+from pdsim.core.hashing import sha256_file
 from pdsim.config.load import LoadedExperiment
 from pdsim.config.workload import TraceLengths, TraceWorkload
 from pdsim.sim.runner import RunResult
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_sha(start: Path) -> str | None:

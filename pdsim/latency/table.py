@@ -40,13 +40,13 @@ clamped to the smallest measurement. Both are counted in ``stats`` and reported 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pdsim.core.hashing import sha256_file
 from pdsim.errors import ProfileError
 from pdsim.latency.base import BatchShape, LookupStats
 
@@ -63,14 +63,6 @@ REFERENCE_PROMPT = 512  # prompt length of the batch sweep
 # Catalog names -> the file's keys.
 MODEL_KEYS = {"Llama-2-70b-hf": "llama2-70b", "bloom": "bloom-176b"}
 GPU_KEYS = {"A100-80GB-SXM": "a100-80gb", "H100-SXM": "h100-80gb"}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_splitwise_table(path: Path) -> pd.DataFrame:

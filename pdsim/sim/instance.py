@@ -18,7 +18,7 @@ import simpy
 
 from pdsim.core.request import Request
 from pdsim.latency.base import LatencyModel
-from pdsim.scheduling.batch import Batch, BatchScheduler, Completion, DecodeOnlyScheduler
+from pdsim.scheduling.batch import Batch, BatchScheduler, Completion
 
 
 class Instance:
@@ -175,9 +175,7 @@ class DecodeInstance(Instance):
 
     def offer(self, req: Request) -> None:
         """A prefilled request routed here; it waits for KV blocks, then for its transfer."""
-        sched = self.scheduler
-        assert isinstance(sched, DecodeOnlyScheduler)
-        sched.offer(req)
+        self.scheduler.offer(req)  # type: ignore[attr-defined]  # a DecodeOnlyScheduler, by construction
         self.poke()
 
     def accept(self, req: Request) -> None:
