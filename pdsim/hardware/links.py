@@ -15,7 +15,8 @@ Defaults per kind (per instance port, one direction), documented so a user can s
   machines over InfiniBand.
 - ``ethernet``: 100 Gb/s, 20 us (a common data-centre NIC).
 
-Bandwidths in config are in Gb/s (``bandwidth_gbps``, bits) as NICs are sold; pdsim converts once.
+The per-transfer latencies (2 / 5 / 20 us) are round figures of the usual order for each fabric, not
+measurements; set ``latency_s`` where it matters. Bandwidths in config are in Gb/s (``bandwidth_gbps``, bits) as NICs are sold; pdsim converts once.
 """
 
 from __future__ import annotations
