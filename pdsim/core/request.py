@@ -70,10 +70,6 @@ class Request:
         """Tokens a (re)prefill must process: the prompt, plus generated tokens after a preemption."""
         return self.prompt_tokens + self.generated
 
-    @property
-    def remaining_output(self) -> int:
-        return self.output_tokens - self.generated
-
     def record_token(self, t_s: float) -> None:
         """Note a token emitted at ``t_s`` (for the max inter-token latency)."""
         if self.last_token_s == self.last_token_s:  # not NaN

@@ -35,6 +35,7 @@ def requests_frame(requests: list[Request], deployment: str, workload: str) -> p
     n = len(requests)
     arr = lambda attr, dt=np.float64: np.fromiter((getattr(r, attr) for r in requests), dtype=dt, count=n)  # noqa: E731
     arrival = arr("arrival_s")
+    prefill_start = arr("prefill_start_s")
     first = arr("first_token_s")
     finish = arr("finish_s")
     output = arr("output_tokens", np.int64)
@@ -52,14 +53,14 @@ def requests_frame(requests: list[Request], deployment: str, workload: str) -> p
         "output_tokens": output,
         "status": pd.Series(status, dtype="string"),
         "reject_reason": pd.Series([r.reject_reason for r in requests], dtype="string"),
-        "prefill_start_s": arr("prefill_start_s"),
+        "prefill_start_s": prefill_start,
         "first_token_s": first,
         "finish_s": finish,
         "ttft_s": ttft,
         "tpot_s": tpot,
         "e2e_s": e2e,
         "itl_max_s": arr("itl_max_s"),
-        "queue_s": arr("prefill_start_s") - arrival,
+        "queue_s": prefill_start - arrival,
         "kv_transfer_s": arr("kv_transfer_s"),
         "decode_wait_s": arr("kv_transfer_wait_s"),
         "prefill_instance": arr("prefill_instance", np.int64),

@@ -29,7 +29,6 @@ count and budget are constant), and the window is one iteration long whenever th
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -97,6 +96,7 @@ class BatchScheduler:
 
     @property
     def has_work(self) -> bool:
+        """Requests waiting for prefill or running (reserved, in-flight KV transfers are not work yet)."""
         return bool(self.waiting or self.running)
 
     # -- forming a batch ---------------------------------------------------------------------------
@@ -285,10 +285,6 @@ class DecodeOnlyScheduler(BatchScheduler):
         super().__init__(kv, limits)
         self.pending: deque[Request] = deque()
         self.in_transfer = 0
-
-    @property
-    def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
 
     def offer(self, req: Request) -> None:
         self.pending.append(req)

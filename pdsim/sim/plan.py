@@ -20,6 +20,7 @@ from pdsim.config.schema import (
     SplitwiseTableLatency,
 )
 from pdsim.core.kv import blocks_for
+from pdsim.core.request import RejectReason
 from pdsim.core.memory import activation_reserve_bytes, kv_capacity_blocks
 from pdsim.errors import CapacityError, ConfigError
 from pdsim.hardware.gpus import GpuSpec, load_gpu_catalog, lookup_gpu
@@ -74,10 +75,6 @@ class PoolPlan:
     @property
     def watermark_blocks(self) -> int:
         return int(self.capacity_blocks * self.scheduler.watermark_fraction)
-
-    def max_request_tokens(self) -> int:
-        """Largest prompt + output that one instance could ever hold (capacity minus watermark)."""
-        return (self.capacity_blocks - self.watermark_blocks) * self.scheduler.block_size
 
     def build_latency(self) -> LatencyModel:
         kind, *args = self.latency_source
@@ -136,16 +133,16 @@ class DeploymentPlan:
         """Why a request can never be served by this deployment ('' if it can)."""
         total = prompt_tokens + output_tokens
         if self.max_context_tokens is not None and total > self.max_context_tokens:
-            return "exceeds_context"
+            return RejectReason.EXCEEDS_CONTEXT.value
         for pool in self.pools:
             # Without chunked prefill a request preempted late re-prefills prompt + generated tokens
             # (up to prompt + output - 1) in one iteration, so that must fit the token budget; vLLM
             # enforces the same by requiring max_num_batched_tokens >= max_model_len.
             if prompt_tokens + output_tokens - 1 > pool.scheduler.max_num_batched_tokens:
-                return "exceeds_max_num_batched_tokens"
+                return RejectReason.EXCEEDS_TOKEN_BUDGET.value
             need = total if pool.role != "prefill" else prompt_tokens
             if blocks_for(need, pool.scheduler.block_size) > pool.capacity_blocks - pool.watermark_blocks:
-                return "exceeds_kv_capacity"
+                return RejectReason.EXCEEDS_KV_CAPACITY.value
         return ""
 
     def describe(self) -> dict:
