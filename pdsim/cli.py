@@ -151,6 +151,13 @@ def check(experiment: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     console.print(t)
 
 
+from pdsim.profiles.cli import profiles_app  # noqa: E402  (sub-commands live beside their code)
+from profile_tools.cli import profile_command  # noqa: E402  (imports torch only when run)
+
+app.add_typer(profiles_app, name="profiles")
+app.command("profile")(profile_command)
+
+
 def main() -> None:
     """Entry point of the ``pdsim`` command."""
     try:

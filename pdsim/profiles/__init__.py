@@ -1,0 +1,1 @@
+"""Latency profiles: the on-disk format, importers, derived (roofline) profiles."""
