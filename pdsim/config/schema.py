@@ -27,13 +27,19 @@ class ModelConfig(_Strict):
         hf_config: path to a HF ``config.json`` (overrides the catalog).
         max_context_tokens: like vLLM's ``max_model_len``; defaults to the model's
             ``max_position_embeddings``. Requests with prompt + output above it are rejected.
-        dtype: weight and KV-cache precision.
+        dtype: weight precision (``fp8``: W8A8 weights with bf16 activations).
+        kv_dtype: KV-cache precision; default ``dtype`` (``bf16`` when ``dtype`` is ``fp8``).
     """
 
     name: str
     hf_config: str | None = None
     max_context_tokens: int | None = Field(default=None, ge=1)
-    dtype: Literal["fp16", "bf16"] = "fp16"
+    dtype: Literal["fp16", "bf16", "fp8", "fp32"] = "fp16"
+    kv_dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
+
+    @property
+    def effective_kv_dtype(self) -> str:
+        return self.kv_dtype or ("bf16" if self.dtype == "fp8" else self.dtype)
 
 
 class SchedulerConfig(_Strict):
@@ -102,7 +108,40 @@ class ConstantLatency(_Strict):
     iteration_s: float = Field(gt=0)
 
 
-LatencyConfig = Annotated[Union[SplitwiseTableLatency, ConstantLatency], Field(discriminator="kind")]
+class OpLevelLatency(_Strict):
+    """Iteration time composed from op-level profiles (``pdsim.latency.oplevel``).
+
+    Attributes:
+        profile: a profile name under ``gpu_profiles/`` (or a directory relative to the YAML), or a
+            list of them: each table is read from the first profile that has it (e.g. a Vidur profile
+            for GEMMs, then an aiconfigurator profile for attention). ``pdsim profiles list`` shows them.
+        dtype / kv_dtype: precision of the GEMMs and of the KV cache; default: the model's.
+        iteration_overhead_s: time per iteration outside the profiled kernels (scheduling, input
+            preparation, sampling); default 0.
+        all_reduce_backend: ``auto`` (the fastest measured backend at each message size) or a backend
+            name of the profile's collective table (e.g. ``nccl``).
+    """
+
+    kind: Literal["op_level"]
+    profile: str | list[str]
+    dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
+    kv_dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
+    iteration_overhead_s: float = Field(default=0.0, ge=0)
+    all_reduce_backend: str = "auto"
+
+    @property
+    def profiles(self) -> list[str]:
+        return [self.profile] if isinstance(self.profile, str) else list(self.profile)
+
+    @field_validator("profile")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("at least one profile")
+        return v
+
+
+LatencyConfig = Annotated[Union[SplitwiseTableLatency, ConstantLatency, OpLevelLatency], Field(discriminator="kind")]
 
 
 class PoolConfig(_Strict):
@@ -111,18 +150,22 @@ class PoolConfig(_Strict):
     Attributes:
         gpu: a GPU name from ``pdsim/data/gpu_specs.csv`` (e.g. ``H100-SXM``).
         tp: tensor-parallel GPUs per instance.
+        pp: pipeline-parallel stages per instance (an instance has tp x pp GPUs; the op-level latency
+            model charges the stage hand-offs; a batch passes the stages in turn).
         instances: how many instances.
         router: ``jsq`` (join the shortest queue by outstanding tokens) or ``round_robin``.
-        latency: the latency model.
+        latency: the latency model, inline or the name of an entry of the experiment's
+            ``latency_models`` (so one ``--set latency_models.NAME=...`` switches every pool using it).
         scheduler: overrides of the experiment's scheduler defaults for this pool.
         price_usd_per_gpu_hour: overrides the catalog price.
     """
 
     gpu: str
     tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
     instances: int = Field(ge=1)
     router: Literal["jsq", "round_robin"] = "jsq"
-    latency: LatencyConfig
+    latency: LatencyConfig | str
     scheduler: SchedulerOverrides = SchedulerOverrides()
     price_usd_per_gpu_hour: float | None = Field(default=None, ge=0)
 
@@ -172,7 +215,11 @@ class SloConfig(_Strict):
 
 
 class Experiment(_Strict):
-    """A whole experiment file."""
+    """A whole experiment file.
+
+    ``latency_models`` names latency configs that pools refer to by name (``latency: a100``); after
+    validation every pool holds the resolved config.
+    """
 
     name: str
     description: str = ""
@@ -180,6 +227,7 @@ class Experiment(_Strict):
     model: ModelConfig
     slo: SloConfig
     scheduler: SchedulerConfig = SchedulerConfig()
+    latency_models: dict[str, LatencyConfig] = Field(default_factory=dict)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     workloads: dict[str, WorkloadSpec] = Field(min_length=1)
 
@@ -187,6 +235,28 @@ class Experiment(_Strict):
     @classmethod
     def _model_from_name(cls, v):
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _resolve_latency_names(self):
+        def resolve(pool: PoolConfig, where: str) -> PoolConfig:
+            if not isinstance(pool.latency, str):
+                return pool
+            if pool.latency not in self.latency_models:
+                raise ValueError(
+                    f"{where}.latency: unknown latency model {pool.latency!r}; defined in latency_models: {sorted(self.latency_models)}"
+                )
+            return pool.model_copy(update={"latency": self.latency_models[pool.latency]})
+
+        resolved = []
+        for i, d in enumerate(self.deployments):
+            where = f"deployments[{i}]"
+            if isinstance(d, ColocatedDeployment):
+                d = d.model_copy(update={"pool": resolve(d.pool, where + ".pool")})
+            else:
+                d = d.model_copy(update={"prefill": resolve(d.prefill, where + ".prefill"), "decode": resolve(d.decode, where + ".decode")})
+            resolved.append(d)
+        object.__setattr__(self, "deployments", resolved)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self):

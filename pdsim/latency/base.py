@@ -23,12 +23,18 @@ class BatchShape:
         decode_seqs: number of requests decoding one token each.
         decode_context_tokens: sum over decoding requests of their context length (prompt + tokens
             generated so far), i.e. the KV entries the decode attention reads.
+        prefill_square_tokens: sum over prefilling requests of ``chunk x (chunk + 2 x cached)``, where
+            ``chunk`` is the tokens prefilled now and ``cached`` those already in the KV cache; without
+            chunking it is the sum of squared prompt lengths. Causal attention computes half of it
+            in query-key pairs. 0 means unknown: models then assume equal prompt lengths
+            (``prefill_tokens ** 2 / prefill_seqs``).
     """
 
     prefill_tokens: int = 0
     prefill_seqs: int = 0
     decode_seqs: int = 0
     decode_context_tokens: int = 0
+    prefill_square_tokens: int = 0
 
 
 @dataclass(slots=True)

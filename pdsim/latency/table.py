@@ -40,7 +40,6 @@ clamped to the smallest measurement. Both are counted in ``stats`` and reported 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +48,7 @@ import pandas as pd
 from pdsim.core.hashing import sha256_file
 from pdsim.errors import ProfileError
 from pdsim.latency.base import BatchShape, LookupStats
+from pdsim.latency.interp import Curve
 
 REQUIRED_COLUMNS = ("model", "hardware", "prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel")
 SYNTHETIC_HARDWARE = {"h100-80gb-pcap": "power-capped H100 rows are synthetic (H100 prefill x 1.30, decode copied)"}
@@ -89,30 +89,6 @@ def load_splitwise_table(path: Path) -> pd.DataFrame:
             raise ProfileError(f"{path}:{i + 2}: {col} must be a positive number, got {df[col].iloc[i]!r}")
         df[col] = values
     return df
-
-
-@dataclass(frozen=True, slots=True)
-class _Curve:
-    x: tuple[float, ...]
-    y: tuple[float, ...]
-
-    def at(self, v: float, stats: LookupStats, axis: str, clamp_low: bool) -> float:
-        x, y = self.x, self.y
-        if v <= x[0]:
-            if v < x[0]:
-                stats.out_of_range(axis + "_below")
-            if clamp_low or len(x) == 1:
-                return y[0]
-            return max(y[0] + (y[1] - y[0]) * (v - x[0]) / (x[1] - x[0]), 0.0)
-        if v >= x[-1]:
-            if v > x[-1]:
-                stats.out_of_range(axis + "_above")
-            if len(x) == 1:
-                return y[-1]
-            return y[-1] + (y[-1] - y[-2]) * (v - x[-1]) / (x[-1] - x[-2])
-        i = int(np.searchsorted(x, v))  # x[i-1] < v <= x[i]
-        x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
-        return y0 + (y1 - y0) * (v - x0) / (x1 - x0)
 
 
 class SplitwiseTableModel:
@@ -164,11 +140,11 @@ class SplitwiseTableModel:
         prefill = sel.assign(tokens=tokens).groupby("tokens")["prompt_time"].median().sort_index()
         self._check_no_drop(path, prefill, model_key, hardware_key, tensor_parallel)
         ys = prefill.to_numpy() / 1e3
-        self._prefill = _Curve(tuple(float(v) for v in prefill.index), tuple(float(v) for v in ys))
+        self._prefill = Curve(tuple(float(v) for v in prefill.index), tuple(float(v) for v in ys))
 
         # Decode: batch size at the reference context, plus a context slope from the batch-1 sweep.
         batch = sel[sel.prompt_size == REFERENCE_PROMPT].groupby("batch_size")["token_time"].median().sort_index()
-        self._decode_batch = _Curve(tuple(float(v) for v in batch.index), tuple(float(v) / 1e3 for v in batch.to_numpy()))
+        self._decode_batch = Curve(tuple(float(v) for v in batch.index), tuple(float(v) / 1e3 for v in batch.to_numpy()))
         self.reference_context = REFERENCE_PROMPT + DECODE_TOKENS_GENERATED // 2
         ctx = sel[sel.batch_size == 1].groupby("prompt_size")["token_time"].median().sort_index()
         contexts = ctx.index.to_numpy(dtype=float) + DECODE_TOKENS_GENERATED / 2

@@ -59,6 +59,8 @@ class ModelSpec:
         attention_bias, mlp_bias, norm_bias: whether those layers carry biases.
         learned_positions: number of learned position embeddings (OPT), 0 otherwise.
         embedding_norm: a LayerNorm after the embedding (BLOOM).
+        rotary: rotary position embedding applied to q and k in every layer (Llama family); False for
+            ALiBi (BLOOM) and learned absolute positions (OPT, GPT-2).
     """
 
     name: str
@@ -78,6 +80,7 @@ class ModelSpec:
     norm_bias: bool = False
     learned_positions: int = 0
     embedding_norm: bool = False
+    rotary: bool = True
 
     # ---- parameters -------------------------------------------------------------------------
     @property
@@ -226,6 +229,7 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
         norm_bias=non_gated,
         learned_positions=(int(pick("max_position_embeddings")) + 2) if model_type == "opt" else 0,
         embedding_norm=model_type == "bloom",
+        rotary=model_type not in ("bloom", "opt", "gpt2"),
     )
     for field_ in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size"):
         if getattr(spec, field_) <= 0:

@@ -110,6 +110,7 @@ class BatchScheduler:
             prefill_seqs=len(prefill),
             decode_seqs=len(decode),
             decode_context_tokens=sum(r.kv_tokens for r in decode) + len(decode),
+            prefill_square_tokens=sum(t * t for t in tokens),
         )
         return Batch(prefill, tokens, decode, shape, preempted)
 

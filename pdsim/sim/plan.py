@@ -15,6 +15,7 @@ from pdsim.config.schema import (
     ColocatedDeployment,
     ConstantLatency,
     DisaggregatedDeployment,
+    OpLevelLatency,
     PoolConfig,
     SchedulerConfig,
     SplitwiseTableLatency,
@@ -22,13 +23,15 @@ from pdsim.config.schema import (
 from pdsim.core.kv import blocks_for
 from pdsim.core.request import RejectReason
 from pdsim.core.memory import activation_reserve_bytes, kv_capacity_blocks
-from pdsim.errors import CapacityError, ConfigError
+from pdsim.errors import CapacityError, ConfigError, ProfileError
 from pdsim.hardware.gpus import GpuSpec, load_gpu_catalog, lookup_gpu
 from pdsim.hardware.links import LINK_DEFAULTS, LinkSpec
 from pdsim.latency.base import LatencyModel
 from pdsim.latency.constant import ConstantLatencyModel
+from pdsim.latency.oplevel import OpLevelModel
 from pdsim.latency.table import GPU_KEYS, MODEL_KEYS, SplitwiseTableModel
 from pdsim.models.arch import ModelSpec, dtype_bytes, load_model_catalog, model_from_hf_config
+from pdsim.profiles.format import find_profile, load_profile
 
 GIB = 1024**3
 
@@ -40,7 +43,7 @@ class PoolPlan:
     Attributes:
         role: ``colocated``, ``prefill`` or ``decode``.
         gpu: the GPU spec.
-        tp, instances: from the config.
+        tp, pp, instances: from the config (an instance has tp x pp GPUs).
         scheduler: the effective scheduler settings.
         capacity_blocks: KV blocks per instance.
         weight_bytes_per_gpu, activation_bytes_per_gpu, kv_bytes_per_token_per_gpu: memory arithmetic.
@@ -51,6 +54,7 @@ class PoolPlan:
     config: PoolConfig
     gpu: GpuSpec
     tp: int
+    pp: int
     instances: int
     scheduler: SchedulerConfig
     capacity_blocks: int
@@ -59,10 +63,16 @@ class PoolPlan:
     kv_bytes_per_token_per_gpu: int
     price_usd_per_gpu_hour: float
     latency_source: tuple
+    latency_source_kinds: tuple[str, ...] = ()
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.instances
+        return self.tp * self.pp * self.instances
+
+    @property
+    def derived(self) -> bool:
+        """True when the latency comes from a derived (not measured) profile."""
+        return "derived" in self.latency_source_kinds
 
     @property
     def usd_per_hour(self) -> float:
@@ -84,6 +94,8 @@ class PoolPlan:
                 return SplitwiseTableModel(Path(path), model_key, hw_key, self.tp, scale)
             case "constant":
                 return ConstantLatencyModel(args[0])
+            case "op_level":
+                return _op_level_model(self.latency_source, self.gpu).fresh()
         raise ConfigError(f"unknown latency kind {kind!r}")  # unreachable: schema restricts kinds
 
     def describe(self) -> dict:
@@ -91,7 +103,9 @@ class PoolPlan:
             "role": self.role,
             "gpu": self.gpu.name,
             "tp": self.tp,
+            "pp": self.pp,
             "instances": self.instances,
+            "latency_source_kinds": list(self.latency_source_kinds),
             "gpus": self.gpus,
             "capacity_blocks_per_instance": self.capacity_blocks,
             "block_size": self.scheduler.block_size,
@@ -113,7 +127,7 @@ class DeploymentPlan:
     kind: str
     model: ModelSpec
     max_context_tokens: int | None
-    dtype_bytes: int
+    kv_dtype_bytes: int
     pools: tuple[PoolPlan, ...]
     link: LinkSpec | None
 
@@ -127,7 +141,7 @@ class DeploymentPlan:
 
     def kv_transfer_bytes(self, kv_tokens: int) -> int:
         """Bytes of KV moved for ``kv_tokens`` tokens (all layers, all KV heads)."""
-        return kv_tokens * self.model.kv_bytes_per_token(self.dtype_bytes)
+        return kv_tokens * self.model.kv_bytes_per_token(self.kv_dtype_bytes)
 
     def reject_reason(self, prompt_tokens: int, output_tokens: int) -> str:
         """Why a request can never be served by this deployment ('' if it can)."""
@@ -193,6 +207,12 @@ def _latency_source(exp: LoadedExperiment, cfg: PoolConfig, model: ModelSpec, gp
         return ("splitwise_table", str(exp.resolve(lat.path)), model_key, hw_key, lat.scale)
     if isinstance(lat, ConstantLatency):
         return ("constant", lat.iteration_s)
+    if isinstance(lat, OpLevelLatency):
+        profiles = tuple(str(find_profile(p, exp.path.parent).path.resolve()) for p in lat.profiles)
+        mc = exp.config.model
+        dtype = lat.dtype or mc.dtype
+        kv_dtype = lat.kv_dtype or (mc.effective_kv_dtype if lat.dtype is None else None)
+        return ("op_level", profiles, model, cfg.tp, cfg.pp, dtype, kv_dtype, lat.iteration_overhead_s, lat.all_reduce_backend)
     raise ConfigError(f"{exp.path}: {where}.latency: unsupported kind")  # unreachable
 
 
@@ -206,17 +226,19 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
     """
     gpu = lookup_gpu(load_gpu_catalog(), cfg.gpu, f"{exp.path}: {where}.gpu")
     sched = cfg.scheduler.over(exp.config.scheduler)
-    nbytes = dtype_bytes(exp.config.model.dtype)
-    weights = model.weight_bytes_per_gpu(cfg.tp, 1, nbytes)
+    mc = exp.config.model
+    nbytes = dtype_bytes(mc.dtype)
+    act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
+    weights = model.weight_bytes_per_gpu(cfg.tp, cfg.pp, nbytes)
     if sched.activation_reserve_gib is not None:
         act = int(sched.activation_reserve_gib * GIB)
     else:
-        act = activation_reserve_bytes(model, cfg.tp, sched.max_num_batched_tokens, sched.max_num_seqs, nbytes)
-    kv_tok = model.kv_bytes_per_token_per_gpu(cfg.tp, 1, nbytes)
+        act = activation_reserve_bytes(model, cfg.tp, sched.max_num_batched_tokens, sched.max_num_seqs, act_bytes)
+    kv_tok = model.kv_bytes_per_token_per_gpu(cfg.tp, cfg.pp, dtype_bytes(mc.effective_kv_dtype))
     blocks, budget = kv_capacity_blocks(gpu.memory_bytes, sched.gpu_memory_utilization, weights, act, kv_tok, sched.block_size)
     if blocks < 1:
         raise CapacityError(
-            f"{exp.path}: {where}: {model.name} does not fit on {gpu.name} with tp={cfg.tp}: per GPU "
+            f"{exp.path}: {where}: {model.name} does not fit on {gpu.name} with tp={cfg.tp} pp={cfg.pp}: per GPU "
             f"{gpu.memory_bytes / 1e9:.0f} GB x {sched.gpu_memory_utilization} utilisation - weights "
             f"{weights / 1e9:.1f} GB - activations {act / 1e9:.1f} GB leaves {budget / 1e9:.2f} GB for the KV cache "
             f"(one block needs {kv_tok * sched.block_size / 1e6:.2f} MB)"
@@ -224,21 +246,45 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
     price = cfg.price_usd_per_gpu_hour if cfg.price_usd_per_gpu_hour is not None else gpu.price_usd_per_hour
     if price != price:
         raise ConfigError(f"{exp.path}: {where}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
+    source = _latency_source(exp, cfg, model, gpu, where)
+    kinds: tuple[str, ...] = ()
+    if source[0] == "op_level":
+        try:
+            kinds = tuple(sorted({p.source_kind for p in _op_level_model(source, gpu).profiles}))
+        except ProfileError as exc:
+            raise ProfileError(f"{exp.path}: {where}.latency: {exc}") from None
     plan = PoolPlan(
-        role=role, config=cfg, gpu=gpu, tp=cfg.tp, instances=cfg.instances, scheduler=sched,
+        role=role, config=cfg, gpu=gpu, tp=cfg.tp, pp=cfg.pp, instances=cfg.instances, scheduler=sched,
         capacity_blocks=blocks, weight_bytes_per_gpu=weights, activation_bytes_per_gpu=act,
         kv_bytes_per_token_per_gpu=kv_tok, price_usd_per_gpu_hour=float(price),
-        latency_source=_latency_source(exp, cfg, model, gpu, where),
+        latency_source=source, latency_source_kinds=kinds,
     )
     plan.build_latency()  # validate now, with the config location in any error
     return plan
+
+
+_OP_LEVEL_CACHE: dict[tuple, OpLevelModel] = {}
+
+
+def _op_level_model(source: tuple, gpu: GpuSpec) -> OpLevelModel:
+    """The op-level model of a latency source, built once per process (construction reads the
+    profiles and precomputes curves); callers take ``.fresh()`` copies with their own counters."""
+    key = (source, gpu.name)
+    model = _OP_LEVEL_CACHE.get(key)
+    if model is None:
+        _, paths, spec, tp, pp, dtype, kv_dtype, overhead_s, backend = source
+        profiles = [load_profile(p) for p in paths]
+        model = OpLevelModel(profiles, spec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu,
+                             iteration_overhead_s=overhead_s, all_reduce_backend=backend)
+        _OP_LEVEL_CACHE[key] = model
+    return model
 
 
 def plan_deployments(exp: LoadedExperiment) -> list[DeploymentPlan]:
     """Resolve every deployment of an experiment (fails fast, before any simulation)."""
     model = resolve_model(exp)
     max_ctx = exp.config.model.max_context_tokens or model.max_context_tokens
-    nbytes = dtype_bytes(exp.config.model.dtype)
+    kv_nbytes = dtype_bytes(exp.config.model.effective_kv_dtype)
     plans = []
     for i, d in enumerate(exp.config.deployments):
         where = f"deployments[{i}]({d.name})"
@@ -257,5 +303,5 @@ def plan_deployments(exp: LoadedExperiment) -> list[DeploymentPlan]:
                     bandwidth_gbps=d.kv_link.bandwidth_gbps if d.kv_link.bandwidth_gbps is not None else base.bandwidth_gbps,
                     latency_s=d.kv_link.latency_s if d.kv_link.latency_s is not None else base.latency_s,
                 )
-        plans.append(DeploymentPlan(d.name, d.kind, model, max_ctx, nbytes, pools, link))
+        plans.append(DeploymentPlan(d.name, d.kind, model, max_ctx, kv_nbytes, pools, link))
     return plans

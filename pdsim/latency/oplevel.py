@@ -1,0 +1,551 @@
+"""Op-level latency model: the iteration time of a batch composed from a profile's per-op curves.
+
+For a dense or GQA decoder (``ModelSpec``) on an instance of TP ``t`` x PP ``p`` GPUs of one type, an
+iteration that prefills ``P`` prompt tokens of ``n_p`` requests and decodes one token for each of ``D``
+sequences processes ``T = P + D`` tokens and samples ``S = n_p + D`` of them. Its time is
+
+    t_iter = iteration_overhead_s
+           + L x [ gemm(T, qkv) + gemm(T, o) + gemm(T, gate_up) + gemm(T, down)       (TP shard shapes)
+                   + 2 norm(T) + rope(T) + act(T) + 2 add(T)
+                   + 2 all_reduce(T x hidden x bytes, world t) ]                        (t > 1)
+           + L x attention_prefill(n_p, s_eq) + L x attention_decode(D, c_mean)
+           + embedding(T) + norm(S) + gemm(S, lm_head) + all_gather(S x vocab/t x bytes)
+           + (p - 1) x send_recv(T x hidden x bytes)                                  (stage hand-offs)
+
+as vLLM executes a step: every token of the step goes through the linear layers as one flattened
+batch (m = T), the LM head runs only on the sampled positions, and attention is the only op that
+depends on how tokens are grouped into requests. With PP the batch passes the stages one after the
+other (no micro-batching here; the ``L`` layers are split over stages but all are on the path), so the
+stage hand-offs add to the time. Shard shapes per GPU: QKV ``n = (ceil(h/t) + 2 max(1, ceil(kv/t))) d``,
+``k = hidden``; O ``n = hidden, k = ceil(h/t) d``; gate_up ``n = 2 ceil(I/t)`` (``ceil(I/t)`` for a non-gated
+MLP), ``k = hidden``; down ``n = hidden, k = ceil(I/t)``; LM head ``n = ceil(V/t), k = hidden``
+(Megatron-LM's column/row-parallel layers, Shoeybi et al. 2019, as vLLM implements them).
+
+Attention grouping: prefill attention of ``n_p`` requests is looked up as ``n_p`` sequences of equal
+length ``s_eq = sqrt(sum chunk (chunk + 2 cached) / n_p)`` (``BatchShape.prefill_square_tokens``), which
+preserves the causal attention work (query-key pairs) of the batch; Vidur (Agrawal et al., MLSys 2024)
+uses the same work-preserving reduction with one sequence of ``sqrt(sum p_i^2)``. Decode attention of
+``D`` sequences is looked up at their mean context ``c_mean = decode_context_tokens / D`` (paged and
+flash-decoding kernels read each sequence's KV once, so their time follows the total KV read).
+
+Where the numbers come from, per op: the first profile in ``profiles`` that has the op's table. A GEMM
+shape the table lacks is interpolated in (log n, log k) between the four surrounding measured shapes
+(log-log linear: exact for time proportional to n x k); a shape outside the measured (n, k) grid is
+scaled from the nearest measured one by ``n k / (n0 k0)`` and noted. An attention head configuration the
+table lacks is taken from the nearest measured one (same head_dim first) and scaled by the ratio of
+query heads (prefill, compute-bound) or of KV heads x head_dim (decode, bound by the KV read), noted.
+fp16 and bf16 stand in for each other (same tensor-core rate on every GPU pdsim knows), noted.
+Ops a profile has no table for: elementwise ops fall back to a memory roofline on the GPU's datasheet
+bandwidth, ``bytes / (mem_bw x 0.8) + 3 us`` (aiconfigurator's ``mem_bw_empirical_scaling_factor`` and
+``mem_empirical_constant_latency``, ai-dynamo/aiconfigurator@095f58a5 systems/*.yaml); collectives fall
+back to a ring all-reduce ``2 (t-1)/t x bytes / bw + 10 us`` (all-gather ``(t-1)/t x``; send/recv
+``bytes / bw + 10 us``) on the datasheet's intra-node bandwidth per GPU and direction (``p2p_latency``
+from the same files). Every fallback is listed in ``describe()``.
+
+``all_reduce_backend: auto`` takes, at each message size, the fastest backend the profile measured
+(vLLM picks its custom all-reduce over NCCL where it is faster and eligible); a named backend uses only
+that backend's rows.
+
+Out-of-range policy (counted in ``stats`` and reported in the run summary): the token count above the
+largest measured m of any per-token op: linear extrapolation from the last two points; batch sizes
+above the attention tables' largest batch: linear in the batch; sequence length / context above the
+measured range: power law with exponent 2 (prefill) or 1 (decode). Values below the smallest measured
+point are clamped to it (not counted: measured grids start at 1 token).
+
+Precision: ``dtype`` is the weight and GEMM precision (``fp8`` = W8A8 GEMMs with bf16 activations and
+attention), ``kv_dtype`` the KV cache's (defaults to ``dtype``, bf16 for fp8). The per-iteration
+overhead (scheduling, input preparation, sampling, and kernel launches the profile's kernel timings do
+not include) is the named parameter ``iteration_overhead_s``; see ``DEFAULT_ITERATION_OVERHEAD_S``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import RegularGridInterpolator
+
+from pdsim.errors import ProfileError
+from pdsim.hardware.gpus import GpuSpec
+from pdsim.latency.base import BatchShape, LookupStats
+from pdsim.latency.interp import ColumnTable, Curve, LogCurve
+from pdsim.models.arch import ModelSpec, dtype_bytes
+from pdsim.profiles.format import LATENCY, Profile
+
+# aiconfigurator systems/*.yaml (ai-dynamo/aiconfigurator@095f58a51c4c, Apache-2.0), used only where a
+# profile lacks a table: achieved fraction of datasheet memory bandwidth, constant per memory-bound
+# kernel, and point-to-point latency.
+MEM_BW_EFFICIENCY = 0.8
+MEM_CONSTANT_LATENCY_S = 3e-6
+P2P_LATENCY_S = 10e-6
+
+# Per-iteration time outside the profiled kernels (engine scheduling, input preparation, sampling).
+# Default 0: a profile's kernel timings are all the model charges unless the experiment sets it (e.g.
+# from a live run of the engine being modelled; ``pdsim validate`` reports the engine's own figure).
+DEFAULT_ITERATION_OVERHEAD_S = 0.0
+
+_SUBSTITUTE = {"fp16": ("fp16", "bf16"), "bf16": ("bf16", "fp16"), "fp32": ("fp32",), "fp8": ("fp8",)}
+
+
+@dataclass(frozen=True, slots=True)
+class GemmShape:
+    """One linear layer's per-GPU shape: ``Y[m, n] = X[m, k] W[k, n]``."""
+
+    name: str
+    n: int
+    k: int
+
+
+def layer_shapes(model: ModelSpec, tp: int) -> tuple[list[GemmShape], GemmShape]:
+    """The per-GPU GEMM shapes of one decoder layer and of the LM head under TP ``tp``."""
+    h, d = model.hidden_size, model.head_dim
+    q_heads = math.ceil(model.num_attention_heads / tp)
+    kv_heads = model.kv_heads_per_gpu(tp)
+    inter = math.ceil(model.intermediate_size / tp)
+    layers = [
+        GemmShape("qkv", (q_heads + 2 * kv_heads) * d, h),
+        GemmShape("o", h, q_heads * d),
+        GemmShape("gate_up" if model.gated_mlp else "up", (2 if model.gated_mlp else 1) * inter, h),
+        GemmShape("down", h, inter),
+    ]
+    return layers, GemmShape("lm_head", math.ceil(model.vocab_size / tp), h)
+
+
+class OpLevelModel:
+    """Iteration latency composed from op curves (see module docstring).
+
+    Args:
+        profiles: profiles to read, in order of preference per table (e.g. a Vidur profile with GEMMs
+            first, an aiconfigurator profile for attention second).
+        model: the served model.
+        tp, pp: tensor- and pipeline-parallel degrees of one instance.
+        dtype, kv_dtype: precisions (``bf16``, ``fp16``, ``fp8``, ``fp32``); ``kv_dtype`` None = ``dtype``
+            (bf16 for fp8).
+        gpu: the GPU's datasheet (roofline fallbacks); None for a CPU.
+        iteration_overhead_s: per-iteration overhead (seconds).
+        all_reduce_backend: ``auto`` or a backend name of the profile's collective table.
+
+    Raises:
+        ProfileError: a required table is in no profile (GEMM, attention), the dtype is not measured,
+            or a fallback needs a datasheet figure that is missing.
+    """
+
+    def __init__(
+        self,
+        profiles: Sequence[Profile],
+        model: ModelSpec,
+        tp: int = 1,
+        pp: int = 1,
+        dtype: str = "bf16",
+        kv_dtype: str | None = None,
+        gpu: GpuSpec | None = None,
+        iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
+        all_reduce_backend: str = "auto",
+    ):
+        if not profiles:
+            raise ProfileError("op-level latency model: no profile given")
+        if tp < 1 or pp < 1:
+            raise ProfileError(f"op-level latency model: tp and pp must be >= 1, got tp={tp} pp={pp}")
+        if pp > model.num_layers:
+            raise ProfileError(f"op-level latency model: pp={pp} exceeds the model's {model.num_layers} layers")
+        self.profiles = tuple(profiles)
+        self.model, self.tp, self.pp, self.gpu = model, tp, pp, gpu
+        self.dtype = dtype
+        self.kv_dtype = kv_dtype or ("bf16" if dtype == "fp8" else dtype)
+        self.attn_dtype = "bf16" if dtype == "fp8" else dtype
+        self.act_bytes = 2 if dtype == "fp8" else dtype_bytes(dtype)
+        self.iteration_overhead_s = float(iteration_overhead_s)
+        self.all_reduce_backend = all_reduce_backend
+        self.name = f"op_level:{self.profiles[0].name}/{model.name}/tp{tp}pp{pp}/{dtype}"
+        self.stats = LookupStats()
+        self.notes: list[str] = []
+        self.sources: dict[str, str] = {}
+        self._build()
+
+    # -- construction ------------------------------------------------------------------------------
+    def _table(self, name: str) -> tuple[Profile, pd.DataFrame] | None:
+        for p in self.profiles:
+            if p.has(name):
+                return p, p.table(name)
+        return None
+
+    def _where(self, profile: Profile, table: str) -> str:
+        return f"profile {profile.name!r} ({profile.source_kind}) table {table!r}"
+
+    def _pick_dtype(self, df: pd.DataFrame, column: str, want: str, where: str) -> str:
+        have = set(df[column])
+        for cand in _SUBSTITUTE.get(want, (want,)):
+            if cand in have:
+                if cand != want:
+                    self.notes.append(f"{where}: {column} {want} not measured; {cand} used in its place")
+                return cand
+        raise ProfileError(f"{where}: {column} {want!r} not measured (has {sorted(have)})")
+
+    def _build(self) -> None:
+        m = self.model
+        layers = m.num_layers
+        shapes, lm_head = layer_shapes(m, self.tp)
+
+        # GEMMs -------------------------------------------------------------------------------------
+        found = self._table("gemm")
+        if found is None:
+            raise ProfileError(f"no GEMM table in profiles {[p.name for p in self.profiles]}")
+        gp, gemm = found
+        where = self._where(gp, "gemm")
+        gdt = self._pick_dtype(gemm, "dtype", self.dtype, where)
+        gemm = gemm[gemm.dtype == gdt]
+        self.sources["gemm"] = gp.name
+        curves = {s.name: self._gemm_curve(gemm, s, where) for s in [*shapes, lm_head]}
+
+        # Elementwise -------------------------------------------------------------------------------
+        q_heads = math.ceil(m.num_attention_heads / self.tp)
+        kv_heads = m.kv_heads_per_gpu(self.tp)
+        inter = math.ceil(m.intermediate_size / self.tp)
+        norm = "layernorm" if m.norm_bias else "rmsnorm"
+        act = "silu_mul" if m.gated_mlp else "gelu"
+        ew = {
+            "norm": self._elementwise(norm, m.hidden_size),
+            "add": self._elementwise("add", m.hidden_size),
+            "act": self._elementwise(act, inter),
+            "embedding": self._elementwise("embedding", m.hidden_size),
+        }
+        if m.rotary:
+            ew["rope"] = self._elementwise("rope", (q_heads + kv_heads) * m.head_dim)
+
+        # Collectives -------------------------------------------------------------------------------
+        h_bytes = m.hidden_size * self.act_bytes
+        ar = self._collective("all_reduce", self.tp) if self.tp > 1 else None
+        ag = self._collective("all_gather", self.tp) if self.tp > 1 else None
+        handoff = self._collective("send_recv", 2) if self.pp > 1 else None
+
+        # Per-token curve F_T(T) on the union of every component's breakpoints ------------------------
+        comps_t: list[tuple[float, object]] = [(layers, curves[s.name]) for s in shapes]
+        comps_t += [(2 * layers, ew["norm"]), (2 * layers, ew["add"]), (layers, ew["act"]), (1, ew["embedding"])]
+        if "rope" in ew:
+            comps_t.append((layers, ew["rope"]))
+        grid_t = set()
+        limits_t = []
+        for _, c in comps_t:
+            xs, top = c.grid()
+            grid_t.update(xs)
+            limits_t.append(top)
+        per_token_bytes_ops: list[tuple[float, _Op, float]] = []
+        if ar is not None:
+            per_token_bytes_ops.append((2 * layers, ar, h_bytes))
+        if handoff is not None:
+            per_token_bytes_ops.append((self.pp - 1, handoff, h_bytes))
+        for _, op, bytes_per_token in per_token_bytes_ops:
+            xs, top = op.grid()
+            grid_t.update(max(1.0, x / bytes_per_token) for x in xs)
+            limits_t.append(top / bytes_per_token)
+        self.tokens_measured_max = min(limits_t)
+        grid = sorted(v for v in grid_t if v >= 1.0)
+        if grid[0] > 1.0:
+            grid.insert(0, 1.0)
+        total = np.zeros(len(grid))
+        for mult, c in comps_t:
+            total += mult * np.asarray(c.values(grid))
+        for mult, op, bpt in per_token_bytes_ops:
+            total += mult * np.asarray(op.values([g * bpt for g in grid]))
+        self._per_token = Curve(tuple(grid), tuple(float(v) for v in total))
+
+        # Per-sampled-sequence curve F_S(S): final norm, LM head, logits all-gather -------------------
+        comps_s: list[object] = [ew["norm"], curves["lm_head"]]
+        grid_s = set()
+        for c in comps_s:
+            grid_s.update(c.grid()[0])
+        logits_bytes = lm_head.n * self.act_bytes
+        if ag is not None:
+            grid_s.update(max(1.0, x / logits_bytes) for x in ag.grid()[0])
+        gs = sorted(v for v in grid_s if v >= 1.0)
+        if gs[0] > 1.0:
+            gs.insert(0, 1.0)
+        tot_s = np.zeros(len(gs))
+        for c in comps_s:
+            tot_s += np.asarray(c.values(gs))
+        if ag is not None:
+            tot_s += np.asarray(ag.values([g * logits_bytes for g in gs]))
+        self._per_sampled = Curve(tuple(gs), tuple(float(v) for v in tot_s))
+        self.sampled_measured_max = min(c.grid()[1] for c in comps_s)
+
+        # Attention ---------------------------------------------------------------------------------
+        self._prefill_attn, self._prefill_attn_scale = self._attention("attention_prefill", "seq_len", q_heads, kv_heads, 2.0)
+        self._decode_attn, self._decode_attn_scale = self._attention("attention_decode", "context_len", q_heads, kv_heads, 1.0)
+        self._layers = layers
+        self._decode_cache: dict[int, float] = {}
+        self._decode_oor: dict[int, str] = {}
+        self._components = {"gemm": {s.name: (s.n, s.k) for s in [*shapes, lm_head]}}
+
+    def _gemm_curve(self, gemm: pd.DataFrame, shape: GemmShape, where: str) -> "_Op":
+        """Time of ``shape`` over m, from the table (exact, interpolated or scaled; see module docstring)."""
+        exact = gemm[(gemm.n == shape.n) & (gemm.k == shape.k)]
+        if len(exact):
+            c = exact.sort_values("m")
+            return _Op.piecewise(c.m.to_numpy(float), c[LATENCY].to_numpy(float))
+        ns = np.array(sorted(set(gemm.n)))
+        ks = np.array(sorted(set(gemm.k)))
+        ms = np.array(sorted(set(gemm.m)), dtype=float)
+        inside = ns[0] <= shape.n <= ns[-1] and ks[0] <= shape.k <= ks[-1]
+        if inside:
+            i = int(np.searchsorted(ns, shape.n))
+            j = int(np.searchsorted(ks, shape.k))
+            n_pts = ns[max(i - 1, 0): i + 1]
+            k_pts = ks[max(j - 1, 0): j + 1]
+            sub = gemm[gemm.n.isin(n_pts) & gemm.k.isin(k_pts)]
+            cube = sub.pivot_table(index="m", columns=["n", "k"], values=LATENCY, aggfunc="median")
+            need = [(a, b) for a in n_pts for b in k_pts]
+            if all(c in cube.columns for c in need):
+                cube = cube[need].dropna()
+                if len(cube) >= 2:
+                    m_pts = cube.index.to_numpy(float)
+                    vals = np.log(cube.to_numpy(float)).reshape(len(m_pts), len(n_pts), len(k_pts))
+                    axes = (np.log(m_pts), np.log(n_pts.astype(float)), np.log(k_pts.astype(float)))
+                    # scipy needs >= 2 points per axis; a single n or k value is an exact match on that axis
+                    if len(n_pts) == 1:
+                        vals = np.concatenate([vals, vals], axis=1)
+                        axes = (axes[0], np.array([axes[1][0], axes[1][0] + 1.0]), axes[2])
+                    if len(k_pts) == 1:
+                        vals = np.concatenate([vals, vals], axis=2)
+                        axes = (axes[0], axes[1], np.array([axes[2][0], axes[2][0] + 1.0]))
+                    f = RegularGridInterpolator(axes, vals, method="linear")
+                    pts = np.column_stack([axes[0], np.full(len(m_pts), math.log(shape.n)), np.full(len(m_pts), math.log(shape.k))])
+                    ys = np.exp(f(pts))
+                    self.notes.append(f"{where}: GEMM {shape.name} n={shape.n} k={shape.k} interpolated (log-log) between n={list(map(int, n_pts))} k={list(map(int, k_pts))}")
+                    return _Op.piecewise(m_pts, ys)
+        # nearest measured shape in log distance, scaled by n k
+        pairs = gemm[["n", "k"]].drop_duplicates().to_numpy()
+        dist = np.abs(np.log(pairs[:, 0] / shape.n)) + np.abs(np.log(pairs[:, 1] / shape.k))
+        n0, k0 = (int(v) for v in pairs[int(np.argmin(dist))])
+        c = gemm[(gemm.n == n0) & (gemm.k == k0)].sort_values("m")
+        factor = (shape.n * shape.k) / (n0 * k0)
+        self.notes.append(f"{where}: GEMM {shape.name} n={shape.n} k={shape.k} not in the measured grid; scaled from n={n0} k={k0} by {factor:.3g}")
+        return _Op.piecewise(c.m.to_numpy(float), c[LATENCY].to_numpy(float) * factor)
+
+    def _elementwise(self, op: str, width: int) -> "_Op":
+        found = self._table("elementwise")
+        if found is not None:
+            prof, df = found
+            where = self._where(prof, "elementwise")
+            rows = df[df.op == op]
+            if len(rows):
+                dt = self._pick_dtype(rows, "dtype", self.attn_dtype, where)
+                rows = rows[rows.dtype == dt]
+                widths = np.array(sorted(set(rows.width)))
+                w0 = int(widths[np.argmin(np.abs(np.log(widths / width)))])
+                c = rows[rows.width == w0].sort_values("num_tokens")
+                factor = width / w0
+                if w0 != width:
+                    self.notes.append(f"{where}: {op} width {width} not measured; scaled from width {w0} by {factor:.3g}")
+                self.sources[f"elementwise.{op}"] = prof.name
+                return _Op.piecewise(c.num_tokens.to_numpy(float), c[LATENCY].to_numpy(float) * factor)
+        if self.gpu is None or not (self.gpu.mem_bw_bytes_per_s > 0):
+            raise ProfileError(
+                f"profiles {[p.name for p in self.profiles]} have no elementwise {op!r} timings and no GPU datasheet "
+                "bandwidth is known for a roofline estimate"
+            )
+        # bytes moved per token: reads + writes (module docstring)
+        per_token = {
+            "rmsnorm": 2, "layernorm": 2, "add": 3, "embedding": 2, "rope": 2, "gelu": 2, "silu_mul": 3,
+        }[op] * width * self.act_bytes
+        bw = self.gpu.mem_bw_bytes_per_s * MEM_BW_EFFICIENCY
+        self.sources[f"elementwise.{op}"] = f"roofline({self.gpu.name})"
+        self.notes.append(f"elementwise {op}: no profile timings; memory roofline on {self.gpu.name} datasheet bandwidth")
+        return _Op.linear(MEM_CONSTANT_LATENCY_S, per_token / bw)
+
+    def _collective(self, op: str, world: int) -> "_Op":
+        found = self._table("collective")
+        if found is not None:
+            prof, df = found
+            where = self._where(prof, "collective")
+            rows = df[(df.op == op) & (df.world_size == world)]
+            if len(rows):
+                dt = self._pick_dtype(rows, "dtype", self.attn_dtype, where)
+                rows = rows[rows.dtype == dt]
+                if self.all_reduce_backend != "auto" and op == "all_reduce":
+                    rows = rows[rows.backend == self.all_reduce_backend]
+                    if rows.empty:
+                        raise ProfileError(f"{where}: no all_reduce rows for backend {self.all_reduce_backend!r} at world size {world}")
+                curves = []
+                for backend, g in rows.groupby("backend", sort=True):
+                    g = g.sort_values("message_bytes")
+                    curves.append((str(backend), g.message_bytes.to_numpy(float), g[LATENCY].to_numpy(float)))
+                self.sources[f"collective.{op}"] = f"{prof.name}:{'+'.join(b for b, _, _ in curves)}"
+                return _Op.lower_envelope([(x, y) for _, x, y in curves])
+        if self.gpu is None or not (self.gpu.intra_node_gbps_unidir > 0):
+            raise ProfileError(
+                f"profiles {[p.name for p in self.profiles]} have no {op} timings for {world} ranks and no GPU "
+                "datasheet link bandwidth is known for an analytic estimate"
+            )
+        bw = self.gpu.intra_node_gbps_unidir * 1e9
+        factor = {"all_reduce": 2 * (world - 1) / world, "all_gather": (world - 1) / world, "send_recv": 1.0}[op]
+        self.sources[f"collective.{op}"] = f"analytic ring({self.gpu.name})"
+        self.notes.append(f"{op} x{world}: no profile timings; analytic ring on {self.gpu.name} datasheet link bandwidth")
+        return _Op.linear(P2P_LATENCY_S, factor / bw)
+
+    def _attention(self, table: str, length_col: str, q_heads: int, kv_heads: int, exponent: float) -> tuple[ColumnTable, float]:
+        found = self._table(table)
+        if found is None:
+            raise ProfileError(
+                f"no {table!r} table in profiles {[p.name for p in self.profiles]}; add a profile that has one "
+                "(e.g. an aiconfigurator import) to the latency's profile list"
+            )
+        prof, df = found
+        where = self._where(prof, table)
+        dt = self._pick_dtype(df, "dtype", self.attn_dtype, where)
+        df = df[df.dtype == dt]
+        kdt = self._pick_dtype(df, "kv_dtype", self.kv_dtype, where)
+        df = df[df.kv_dtype == kdt]
+        d = self.model.head_dim
+        configs = df[["num_heads", "num_kv_heads", "head_dim"]].drop_duplicates().to_numpy()
+        def cost(c):
+            return (0 if c[2] == d else 10) + abs(math.log(c[2] / d)) + abs(math.log(c[0] / q_heads)) + abs(math.log(c[1] / kv_heads))
+        best = min(configs.tolist(), key=lambda c: (cost(c), c))
+        h0, kv0, d0 = (int(v) for v in best)
+        if table == "attention_prefill":
+            scale = (q_heads * d) / (h0 * d0)
+        else:
+            scale = (kv_heads * d) / (kv0 * d0)
+        if (h0, kv0, d0) != (q_heads, kv_heads, d):
+            self.notes.append(
+                f"{where}: heads {q_heads}/{kv_heads} x {d} not measured; taken from {h0}/{kv0} x {d0}, scaled by {scale:.3g}"
+            )
+        sub = df[(df.num_heads == h0) & (df.num_kv_heads == kv0) & (df.head_dim == d0)]
+        batches, curves = [], []
+        for b, g in sub.groupby("batch_size", sort=True):
+            g = g.sort_values(length_col)
+            batches.append(int(b))
+            curves.append(LogCurve.from_points(g[length_col].to_numpy(float), g[LATENCY].to_numpy(float), exponent))
+        self.sources[table] = prof.name
+        return ColumnTable(tuple(batches), tuple(curves)), scale
+
+    def fresh(self) -> "OpLevelModel":
+        """A copy sharing the precomputed curves, with its own lookup counters (one per simulation)."""
+        twin = copy.copy(self)
+        twin.stats = LookupStats()
+        twin._decode_oor = {}
+        return twin
+
+    # -- protocol ----------------------------------------------------------------------------------
+    def _tokens_s(self, tokens: int, stats: LookupStats | None) -> float:
+        if stats is not None and tokens > self.tokens_measured_max:
+            stats.out_of_range("tokens_above")
+        return self._per_token.at(float(tokens), _SINK, "", clamp_low=True)
+
+    def _sampled_s(self, seqs: int, stats: LookupStats | None) -> float:
+        if stats is not None and seqs > self.sampled_measured_max:
+            stats.out_of_range("sampled_above")
+        return self._per_sampled.at(float(seqs), _SINK, "", clamp_low=True)
+
+    def decode_s(self, batch_size: int, context_tokens: int) -> float:
+        """Pure-decode iteration time (pure apart from remembering, per batch size, whether the last
+        lookup was out of range, which ``record_decode`` then counts)."""
+        base = self._decode_cache.get(batch_size)
+        if base is None:
+            probe = LookupStats()
+            base = self.iteration_overhead_s + self._tokens_s(batch_size, probe) + self._sampled_s(batch_size, probe)
+            self._decode_cache[batch_size] = base
+            if probe.extrapolated:
+                self._decode_oor[batch_size] = next(iter(probe.by_axis))
+        probe = LookupStats()
+        attn = self._decode_attn.at(batch_size, context_tokens / batch_size, probe, "decode_attention")
+        if probe.extrapolated:
+            self._decode_oor[batch_size] = next(iter(probe.by_axis))
+        return base + self._layers * self._decode_attn_scale * attn
+
+    def record_decode(self, batch_size: int, iterations: int) -> None:
+        """Count ``iterations`` executed pure-decode lookups at ``batch_size``."""
+        self.stats.lookups += iterations
+        axis = self._decode_oor.pop(batch_size, None)
+        if axis is not None:
+            self.stats.extrapolated += iterations
+            self.stats.by_axis[axis] = self.stats.by_axis.get(axis, 0) + iterations
+
+    def iteration_s(self, shape: BatchShape) -> float:
+        if shape.prefill_tokens == 0:
+            if shape.decode_seqs == 0:
+                raise ValueError("empty batch")
+            t = self.decode_s(shape.decode_seqs, shape.decode_context_tokens)
+            self.record_decode(shape.decode_seqs, 1)
+            return t
+        st = self.stats
+        st.lookups += 1
+        n_p, d = shape.prefill_seqs, shape.decode_seqs
+        t = self.iteration_overhead_s
+        t += self._tokens_s(shape.prefill_tokens + d, st) + self._sampled_s(n_p + d, st)
+        square = shape.prefill_square_tokens or shape.prefill_tokens ** 2 / max(n_p, 1)
+        s_eq = math.sqrt(square / max(n_p, 1))
+        t += self._layers * self._prefill_attn_scale * self._prefill_attn.at(max(n_p, 1), s_eq, st, "prefill_attention")
+        if d:
+            t += self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, st, "decode_attention")
+        return t
+
+    def prefill_s(self, prompt_tokens: int, batch_size: int = 1) -> float:
+        """Time of a pure-prefill iteration of ``batch_size`` prompts of ``prompt_tokens`` each."""
+        return self.iteration_s(
+            BatchShape(prefill_tokens=prompt_tokens * batch_size, prefill_seqs=batch_size, prefill_square_tokens=prompt_tokens**2 * batch_size)
+        )
+
+    def describe(self) -> dict:
+        return {
+            "kind": "op_level",
+            "profiles": [p.describe() for p in self.profiles],
+            "source_kinds": sorted({p.source_kind for p in self.profiles}),
+            "model": self.model.name,
+            "tp": self.tp,
+            "pp": self.pp,
+            "dtype": self.dtype,
+            "kv_dtype": self.kv_dtype,
+            "iteration_overhead_s": self.iteration_overhead_s,
+            "all_reduce_backend": self.all_reduce_backend,
+            "sources": dict(self.sources),
+            "gemm_shapes": self._components["gemm"],
+            "tokens_measured_max": self.tokens_measured_max,
+            "notes": list(self.notes),
+        }
+
+
+_SINK = LookupStats()  # absorbs counts of precomputed curves (their range is checked by the caller)
+
+
+class _Op:
+    """A latency curve over one size axis (tokens or bytes), before it is summed into F_T / F_S."""
+
+    def __init__(self, curve: Curve | None, const_s: float = 0.0, slope_s: float = 0.0):
+        self.curve, self.const_s, self.slope_s = curve, const_s, slope_s
+
+    @classmethod
+    def piecewise(cls, xs, ys) -> "_Op":
+        xs = np.asarray(xs, float)
+        ys = np.asarray(ys, float)
+        order = np.argsort(xs, kind="stable")
+        return cls(Curve(tuple(float(v) for v in xs[order]), tuple(float(v) for v in ys[order])))
+
+    @classmethod
+    def linear(cls, const_s: float, slope_s: float) -> "_Op":
+        return cls(None, const_s, slope_s)
+
+    @classmethod
+    def lower_envelope(cls, curves: list[tuple[np.ndarray, np.ndarray]]) -> "_Op":
+        """At each size, the fastest of several backends (evaluated on the union of their sizes, each
+        within its own measured range only)."""
+        grid = sorted(set().union(*[set(x.tolist()) for x, _ in curves]))
+        best = []
+        for g in grid:
+            vals = [np.interp(g, x, y) for x, y in curves if x[0] <= g <= x[-1]]
+            best.append(min(vals))
+        return cls.piecewise(grid, best)
+
+    def grid(self) -> tuple[list[float], float]:
+        """Breakpoints and the largest measured size (inf for analytic ops)."""
+        if self.curve is None:
+            return [], math.inf
+        return list(self.curve.x), self.curve.x[-1]
+
+    def values(self, xs) -> list[float]:
+        if self.curve is None:
+            return [self.const_s + self.slope_s * float(x) for x in xs]
+        return self.curve.eval_many(xs)
