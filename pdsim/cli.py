@@ -48,8 +48,9 @@ def summary_table(summary, title: str) -> Table:
     for name, justify in cols:
         t.add_column(name, justify=justify)
     for r in summary.itertuples(index=False):
+        derived = "derived" in str(getattr(r, "latency_sources", ""))
         t.add_row(
-            str(r.deployment), str(r.workload), f"{r.completed}/{r.rejected}",
+            str(r.deployment) + (" [yellow](derived)[/]" if derived else ""), str(r.workload), f"{r.completed}/{r.rejected}",
             f"{_fmt_ms(r.ttft_p50_s)}/{_fmt_ms(r.ttft_p90_s)}/{_fmt_ms(r.ttft_p99_s)}",
             f"{_fmt_ms(r.tpot_p50_s)}/{_fmt_ms(r.tpot_p90_s)}/{_fmt_ms(r.tpot_p99_s)}",
             f"{_fmt(r.e2e_p50_s, '.1f')}/{_fmt(r.e2e_p90_s, '.1f')}/{_fmt(r.e2e_p99_s, '.1f')}",
@@ -106,6 +107,8 @@ def run(
             from pdsim.plots.render import render_run_dir
 
             render_run_dir(run_dir)
+        if result.summary["latency_sources"].str.contains("derived").any():
+            console.print("note: (derived) = latency from a derived profile (datasheet roofline), not a measurement")
         oor = int(result.summary["latency_out_of_range"].sum())
         if oor:
             console.print(f"note: {oor:,} latency lookups fell outside the measured range (extrapolated/clamped; see manifest.json)")
@@ -142,11 +145,13 @@ def check(experiment: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     except PdsimError as exc:
         _fail(exc)
     t = Table(title=f"{exp.config.name}: {exp.config.model.name}", header_style="bold")
-    for c in ("deployment", "pool", "GPU", "TP", "instances", "weights GiB/GPU", "KV tokens/instance", "$/h"):
+    for c in ("deployment", "pool", "GPU", "TP", "PP", "instances", "latency", "weights GiB/GPU", "KV tokens/instance", "$/h"):
         t.add_column(c)
     for plan in plans:
         for pool in plan.pools:
-            t.add_row(plan.name, pool.role, pool.gpu.name, str(pool.tp), str(pool.instances),
+            kinds = "+".join(pool.latency_source_kinds)
+            latency = f"{pool.latency_source[0]} ({'[yellow]' + kinds + '[/]' if pool.derived else kinds})"
+            t.add_row(plan.name, pool.role, pool.gpu.name, str(pool.tp), str(pool.pp), str(pool.instances), latency,
                       f"{pool.weight_bytes_per_gpu / 2**30:.1f}", f"{pool.capacity_tokens:,}", f"{pool.usd_per_hour:,.2f}")
     console.print(t)
 

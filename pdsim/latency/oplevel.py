@@ -47,7 +47,9 @@ from the same files). Every fallback is listed in ``describe()``.
 that backend's rows.
 
 Out-of-range policy (counted in ``stats`` and reported in the run summary): the token count above the
-largest measured m of any per-token op: linear extrapolation from the last two points; batch sizes
+largest measured m of any per-token op: each op's time grows in proportion to its size from its last
+measured point (compute- or bandwidth-bound there; a slope from the last two points is not used because
+dense grids end in close, noisy points); batch sizes
 above the attention tables' largest batch: linear in the batch; sequence length / context above the
 measured range: power law with exponent 2 (prefill) or 1 (decode). Values below the smallest measured
 point are clamped to it (not counted: measured grids start at 1 token).
@@ -546,6 +548,10 @@ class _Op:
         return list(self.curve.x), self.curve.x[-1]
 
     def values(self, xs) -> list[float]:
+        """Values at sizes ``xs``; above the largest measured size, proportional to the size from the
+        last point (compute- or bandwidth-bound regime; robust where the last points are close and noisy)."""
         if self.curve is None:
             return [self.const_s + self.slope_s * float(x) for x in xs]
-        return self.curve.eval_many(xs)
+        x_max, y_max = self.curve.x[-1], self.curve.y[-1]
+        inside = self.curve.eval_many([min(float(x), x_max) for x in xs])
+        return [y if x <= x_max else y_max * float(x) / x_max for x, y in zip(xs, inside)]

@@ -27,6 +27,7 @@ SUMMARY_COLUMNS = [
     "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "queue_p90_s", "kv_transfer_p50_s", "kv_transfer_p90_s",
     "span_s", "requests_per_s", "output_tokens_per_s", "slo_attainment", "slo_met", "goodput_rps",
     "preemptions", "gpus", "usd_per_hour", "usd_per_million_output_tokens", "latency_out_of_range",
+    "latency_sources",
 ]
 
 
@@ -43,8 +44,13 @@ def meets_slo(df: pd.DataFrame, ttft_s: float, tpot_s: float) -> np.ndarray:
     return (df["status"].to_numpy() == "completed") & ok_ttft & ok_tpot
 
 
-def summarize_one(df: pd.DataFrame, *, kind: str, gpus: int, usd_per_hour: float, slo, out_of_range: int = 0) -> dict:
-    """Summary row of one deployment x workload frame (see module docstring for definitions)."""
+def summarize_one(df: pd.DataFrame, *, kind: str, gpus: int, usd_per_hour: float, slo, out_of_range: int = 0,
+                  latency_sources: str = "") -> dict:
+    """Summary row of one deployment x workload frame (see module docstring for definitions).
+
+    ``latency_sources`` names the kinds of latency data behind the deployment's pools (``imported``,
+    ``measured``, ``derived``, ``constant``, joined by ``+``) so a derived (not measured) latency is
+    visible wherever the row goes."""
     done = df[df["status"] == "completed"]
     n = len(df)
     ttft = done["ttft_s"].to_numpy(dtype=float)
@@ -82,6 +88,7 @@ def summarize_one(df: pd.DataFrame, *, kind: str, gpus: int, usd_per_hour: float
         "preemptions": int(df["preemptions"].sum()),
         "gpus": gpus,
         "usd_per_hour": usd_per_hour,
+        "latency_sources": latency_sources,
         "usd_per_million_output_tokens": usd_per_hour / (tok_per_s * 3600.0) * 1e6 if tok_per_s and tok_per_s == tok_per_s else float("nan"),
         "latency_out_of_range": int(out_of_range),
     }

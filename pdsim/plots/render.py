@@ -167,6 +167,16 @@ def load_run_dir(run_dir: Path) -> RunData:
         raise PdsimError(f"{summary_path}: no rows")
     for column in ("deployment", "workload", "status"):
         requests[column] = requests[column].astype(str)
+    # Deployments whose latency comes from a derived (datasheet roofline) profile are labelled as such
+    # in every plot and table rendered from the run.
+    if "latency_sources" not in summary.columns:  # run directories written before the column existed
+        summary["latency_sources"] = ""
+    sources = summary["latency_sources"].fillna("").astype(str)
+    derived = sorted(set(summary.loc[sources.str.contains("derived"), "deployment"]))
+    if derived:
+        relabel = {d: f"{d} {DERIVED_MARK}" for d in derived}
+        summary["deployment"] = summary["deployment"].replace(relabel)
+        requests["deployment"] = requests["deployment"].replace(relabel)
 
     try:
         config = yaml.safe_load(config_path.read_text())
@@ -209,6 +219,9 @@ def _workload_slugs(workloads: list[str]) -> dict[str, str]:
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=PLOT_DPI)
     return path
+
+
+DERIVED_MARK = "(derived)"
 
 
 def render_run_dir(run_dir: Path) -> list[Path]:
@@ -438,6 +451,8 @@ def render_report(data: RunData, *, plot_slugs: dict[str, str] | None = None) ->
     if sha:
         meta.append(f"git {str(sha)[:12]}")
     meta.append(f"rendered from `{data.run_dir.resolve().name}` (summary.csv, requests)")
+    if data.summary["deployment"].astype(str).str.endswith(DERIVED_MARK).any():
+        meta.append(f"deployments marked {DERIVED_MARK} use latencies from a derived profile (datasheet roofline), not a measurement")
     lines += [", ".join(meta) + ".", ""]
 
     lines += [

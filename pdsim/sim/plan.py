@@ -247,7 +247,7 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
     if price != price:
         raise ConfigError(f"{exp.path}: {where}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
     source = _latency_source(exp, cfg, model, gpu, where)
-    kinds: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = {"splitwise_table": ("imported",), "constant": ("constant",)}.get(source[0], ())
     if source[0] == "op_level":
         try:
             kinds = tuple(sorted({p.source_kind for p in _op_level_model(source, gpu).profiles}))

@@ -74,7 +74,9 @@ def run_pair(plan: DeploymentPlan, workload_name: str, workload: pd.DataFrame, s
     df = requests_frame(sim.requests, plan.name, workload_name)
     out_of_range = sum(s["out_of_range"] for s in sim.latency_stats.values())
     row = {"deployment": plan.name, "workload": workload_name}
-    row.update(summarize_one(df, kind=plan.kind, gpus=plan.gpus, usd_per_hour=plan.usd_per_hour, slo=slo, out_of_range=out_of_range))
+    sources = "+".join(sorted({k for pool in plan.pools for k in pool.latency_source_kinds}))
+    row.update(summarize_one(df, kind=plan.kind, gpus=plan.gpus, usd_per_hour=plan.usd_per_hour, slo=slo,
+                             out_of_range=out_of_range, latency_sources=sources))
     inst = sim.instances.assign(deployment=plan.name, workload=workload_name)
     return PairResult(plan.name, workload_name, df, inst, row, sim.latency_stats, wall)
 
