@@ -365,15 +365,17 @@ class OpLevelModel:
             where = self._where(prof, "collective")
             rows = df[(df.op == op) & (df.world_size == world)]
             if len(rows):
+                # message sizes are in bytes, so 16-bit dtypes pool (e.g. NCCL fp16 with custom bf16 rows)
                 dt = self._pick_dtype(rows, "dtype", self.attn_dtype, where)
-                rows = rows[rows.dtype == dt]
+                same_width = [d for d in _SUBSTITUTE.get(dt, (dt,)) if d in set(rows.dtype)]
+                rows = rows[rows.dtype.isin(same_width)]
                 if self.all_reduce_backend != "auto" and op == "all_reduce":
                     rows = rows[rows.backend == self.all_reduce_backend]
                     if rows.empty:
                         raise ProfileError(f"{where}: no all_reduce rows for backend {self.all_reduce_backend!r} at world size {world}")
                 curves = []
                 for backend, g in rows.groupby("backend", sort=True):
-                    g = g.sort_values("message_bytes")
+                    g = g.groupby("message_bytes", as_index=False)[LATENCY].min().sort_values("message_bytes")
                     curves.append((str(backend), g.message_bytes.to_numpy(float), g[LATENCY].to_numpy(float)))
                 self.sources[f"collective.{op}"] = f"{prof.name}:{'+'.join(b for b, _, _ in curves)}"
                 return _Op.lower_envelope([(x, y) for _, x, y in curves])
@@ -435,12 +437,12 @@ class OpLevelModel:
     def _tokens_s(self, tokens: int, stats: LookupStats | None) -> float:
         if stats is not None and tokens > self.tokens_measured_max:
             stats.out_of_range("tokens_above")
-        return self._per_token.at(float(tokens), _SINK, "", clamp_low=True)
+        return _proportional_above(self._per_token, float(tokens))
 
     def _sampled_s(self, seqs: int, stats: LookupStats | None) -> float:
         if stats is not None and seqs > self.sampled_measured_max:
             stats.out_of_range("sampled_above")
-        return self._per_sampled.at(float(seqs), _SINK, "", clamp_low=True)
+        return _proportional_above(self._per_sampled, float(seqs))
 
     def decode_s(self, batch_size: int, context_tokens: int) -> float:
         """Pure-decode iteration time (pure apart from remembering, per batch size, whether the last
@@ -511,6 +513,13 @@ class OpLevelModel:
 
 
 _SINK = LookupStats()  # absorbs counts of precomputed curves (their range is checked by the caller)
+
+
+def _proportional_above(curve: Curve, x: float) -> float:
+    """The curve inside its range (clamped below); above it, proportional to x from the last point."""
+    if x > curve.x[-1]:
+        return curve.y[-1] * x / curve.x[-1]
+    return curve.at(x, _SINK, "", clamp_low=True)
 
 
 class _Op:
