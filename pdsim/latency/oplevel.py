@@ -38,7 +38,7 @@ fp16 and bf16 stand in for each other (same tensor-core rate on every GPU pdsim 
 Ops a profile has no table for: elementwise ops fall back to a memory roofline on the GPU's datasheet
 bandwidth, ``bytes / (mem_bw x 0.8) + 3 us`` (aiconfigurator's ``mem_bw_empirical_scaling_factor`` and
 ``mem_empirical_constant_latency``, ai-dynamo/aiconfigurator@095f58a5 systems/*.yaml); collectives fall
-back to a ring all-reduce ``2 (t-1)/t x bytes / bw + 10 us`` (all-gather ``(t-1)/t x``; send/recv
+back to a ring all-reduce ``2 (t-1)/t x bytes / bw + 10 us`` (all-gather ``(t-1) x`` the per-rank part; send/recv
 ``bytes / bw + 10 us``) on the datasheet's intra-node bandwidth per GPU and direction (``p2p_latency``
 from the same files). Every fallback is listed in ``describe()``.
 
@@ -385,7 +385,9 @@ class OpLevelModel:
                 "datasheet link bandwidth is known for an analytic estimate"
             )
         bw = self.gpu.intra_node_gbps_unidir * 1e9
-        factor = {"all_reduce": 2 * (world - 1) / world, "all_gather": (world - 1) / world, "send_recv": 1.0}[op]
+        # message_bytes is what each rank contributes: a ring all-reduce moves 2 (t-1)/t of it per rank,
+        # an all-gather receives the other (t-1) ranks' parts
+        factor = {"all_reduce": 2 * (world - 1) / world, "all_gather": float(world - 1), "send_recv": 1.0}[op]
         self.sources[f"collective.{op}"] = f"analytic ring({self.gpu.name})"
         self.notes.append(f"{op} x{world}: no profile timings; analytic ring on {self.gpu.name} datasheet link bandwidth")
         return _Op.linear(P2P_LATENCY_S, factor / bw)

@@ -128,3 +128,67 @@ def import_command(
     except PdsimError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+# --- pdsim profiles derive --------------------------------------------------------------------------
+@profiles_app.command("derive")
+def derive_command(
+    gpu: Annotated[Optional[list[str]], typer.Option("--gpu", help="GPU name in pdsim/data/gpu_specs.csv (repeatable), e.g. MI300X.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Profile directory (one --gpu), or the parent directory with --all (default gpu_profiles).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Derive every shipped derived profile (MI300X, MI325X, MI250X, A10G, L4, H100-PCIe).")] = False,
+    refit: Annotated[bool, typer.Option("--refit", help="Refit the roofline factors on the measured/imported NVIDIA profiles (with leave-one-GPU-out) and write the fit file.")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Refit (without writing) and print the fitted parameters and fit quality as markdown.")] = False,
+    fit_file: Annotated[Optional[Path], typer.Option("--fit", help="Fit file (default pdsim/data/roofline_fit.yaml).")] = None,
+    sources: Annotated[Optional[Path], typer.Option("--sources", help="Directory of the source profiles of a refit (default the checkout's gpu_profiles/).")] = None,
+) -> None:
+    """Derived (roofline) profiles for GPUs nobody has measured, computed from the datasheet with
+    efficiency factors fitted on NVIDIA measurements (source_kind derived; never a measurement).
+
+    Examples: ``pdsim profiles derive --gpu MI300X --out gpu_profiles/mi300x-derived``,
+    ``pdsim profiles derive --all``, ``pdsim profiles derive --refit``, ``pdsim profiles derive --report``.
+    See docs/derived_profiles.md.
+    """
+    import shlex
+
+    from pdsim.errors import PdsimError
+    from pdsim.profiles import derive as d
+
+    def progress(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    try:
+        if not (gpu or all_ or refit or report):
+            raise typer.BadParameter("give --gpu NAME, --all, --refit or --report")
+        if gpu and all_:
+            raise typer.BadParameter("--gpu and --all exclude each other")
+        fit_path = fit_file or d.default_fit_path()
+        if refit or report:
+            fit, rows = d.refit(sources, progress=progress)
+            iteration_rows = d.iteration_check(rows, sources, progress=progress, loo_params=fit.loo_params) if report else None
+            if refit:
+                fit.write(fit_path)
+                typer.echo(f"roofline fit -> {fit_path}", err=True)
+            if report:
+                typer.echo(d.report_markdown(fit, iteration_rows))
+        if not (gpu or all_):
+            return
+        fit = d.load_fit(fit_path)
+        stale = fit.check_sources(sources)
+        if stale:
+            typer.echo("warning: the source profiles changed since the roofline fit (run `pdsim profiles derive --refit`): "
+                       + "; ".join(stale), err=True)
+        if all_:
+            jobs = [(g, (out or Path("gpu_profiles")) / d.profile_name(g)) for g in d.SHIPPED]
+        else:
+            if len(gpu) > 1 and out is not None:
+                raise typer.BadParameter("--out names one profile directory; give one --gpu (or none, for gpu_profiles/<name>)")
+            jobs = [(g, out or Path("gpu_profiles") / d.profile_name(d.device_facts(g).gpu)) for g in gpu]
+        for g, dest in jobs:
+            command = f"pdsim profiles derive --gpu {shlex.quote(g)} --out {shlex.quote(str(dest))}"
+            prof = d.derive_profile(g, dest, fit=fit, command=command)
+            size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())
+            rows = ", ".join(f"{t} {i.rows}" for t, i in prof.meta.tables.items())
+            typer.echo(f"{prof.name} (derived): {rows}; {size / 1e6:.2f} MB -> {dest}")
+    except PdsimError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
