@@ -1,0 +1,425 @@
+"""The timed ops of ``pdsim profile``: GEMM, attention, elementwise ops and copies on one device.
+
+Every op is written the way a plain torch decoder (Hugging Face ``modeling_llama.py``, vLLM's torch
+reference layers) runs it, on contiguous tensors filled by ``torch.randn`` (never all-zero):
+
+- GEMM: ``torch.nn.functional.linear(X[m, k], W[n, k])``; fp8 (GPU only):
+  ``torch._scaled_mm(X8[m, k], W8[n, k].t(), scale_a, scale_b, out_dtype=bf16)`` with per-tensor fp32
+  scales, e4m3 (``float8_e4m3fnuz`` on MI300/gfx94x, ``float8_e4m3fn`` elsewhere).
+- Attention: ``torch.nn.functional.scaled_dot_product_attention``. Prefill: ``q [b, heads, s, d]``,
+  ``k, v [b, kv_heads, s, d]``, ``is_causal=True``. Decode: ``q [b, heads, 1, d]`` against
+  ``k, v [b, kv_heads, context, d]`` (no mask). Grouped-query attention uses ``enable_gqa=True``
+  (torch >= 2.5; older torch: ``repeat_interleave`` of K and V inside the timed call, as HF's
+  ``repeat_kv``); the run's notes say which. SDPA picks its backend (flash / memory-efficient / cuDNN /
+  math on GPU, the flash CPU kernel on CPU); serving engines' paged kernels (FlashAttention,
+  FlashInfer) may differ.
+- Elementwise (HF ``LlamaRMSNorm``, ``LlamaMLP``, ``apply_rotary_pos_emb``): ``rmsnorm`` =
+  ``w * (x.float() * rsqrt(mean(x.float()^2) + eps)).to(dtype)``; ``layernorm`` = ``F.layer_norm``;
+  ``silu_mul`` = ``F.silu(g) * u`` with ``g, u = x[m, 2 * width].chunk(2, -1)``; ``gelu`` =
+  ``F.gelu``; ``rope`` = ``q * cos + rotate_half(q) * sin`` and the same for k, with ``q [m, heads, d]``,
+  ``k [m, kv_heads, d]`` and cos/sin ``[m, 1, d]`` gathered once per forward (not timed);
+  ``add`` = ``x + residual``; ``embedding`` = ``F.embedding(ids[m], table[vocab / TP, hidden])``.
+- Copies: ``dst.copy_(src)`` of ``uint8`` tensors; h2d/d2h use pinned host memory and
+  ``non_blocking=True``; p2p copies between two GPUs and is timed on the host with both devices
+  synchronised (one stream's events cannot span two devices).
+
+Cache state (choice and reason): before every timed GEMM and attention call we evict the caches by
+writing a buffer larger than the last-level cache (GPU: 256 MiB, 512 MiB on ROCm for MI300's 256 MB
+Infinity Cache, or twice the reported L2 if larger, with ``zero_()`` as triton's ``do_bench`` does;
+CPU: twice the total L3 of all sockets or CCXs, at least 64 MiB). In a forward pass one layer's
+weights and KV cache are evicted by the other layers' before they are read again, so cold-cache
+numbers are the ones a model sees. On the 2-core EPYC VM the tiny model's decode GEMMs (m = 1) ran 3-4x faster with hot caches
+than in a real forward pass (``pdsim.live.model``); flushed, they matched it within 10%, as did
+prefill GEMMs and attention at 2048 tokens. Elementwise ops, copies and collectives are timed without
+flushing, back to back. Known gap: inside a CPU forward pass an elementwise op that follows a
+multi-threaded GEMM took 1-3x its back-to-back time at 32-2048 tokens (OpenMP thread-pool hand-off);
+on the tiny model that is about 1-2% of an iteration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from profile_tools.device import DeviceInfo, last_level_cache_bytes
+from profile_tools.plan import MIB, ElementwiseCase, SweepPlan
+from profile_tools.timing import HostClock, Timer
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+RMS_EPS = 1e-5
+ROPE_THETA = 10000.0
+
+
+@dataclass
+class BenchContext:
+    """Shared state of one run's benchmarks.
+
+    Attributes:
+        torch: the torch module.
+        device: ``torch.device`` measured.
+        info: what the device is.
+        timer: times single-device ops (CUDA events on GPU, host clock on CPU).
+        flush: evicts the caches before a GEMM or attention call.
+        log: where progress lines go.
+        notes: lines for ``profile.yaml``'s notes (skips and choices).
+        skipped: count of points skipped per reason.
+    """
+
+    torch: object
+    device: object
+    info: DeviceInfo
+    timer: Timer
+    flush: Callable[[], object] | None
+    log: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    table: str = ""
+    progress_every_s: float = 30.0
+    _last_progress: float = field(default_factory=time.perf_counter)
+
+    def progress(self, points: int) -> None:
+        """A progress line every ``progress_every_s`` seconds within a long table."""
+        now = time.perf_counter()
+        if now - self._last_progress >= self.progress_every_s:
+            self.log(f"{self.table}: {points} points so far")
+            self._last_progress = now
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def dtype(self, name: str):
+        return getattr(self.torch, TORCH_DTYPES[name])
+
+
+def make_flush(torch, info: DeviceInfo, device) -> tuple[Callable[[], object], str]:
+    """A callable that evicts the device's caches, and a line saying how (see the module docstring)."""
+    if info.is_gpu:
+        props = torch.cuda.get_device_properties(device)
+        l2 = int(getattr(props, "L2_cache_size", 0) or 0)
+        size = max(512 * MIB if info.device_type == "rocm" else 256 * MIB, 2 * l2)
+        buf = torch.empty(size // 4, dtype=torch.int32, device=device)
+        return buf.zero_, f"GEMM and attention: caches flushed before each call by zeroing {size // MIB} MiB on the device"
+    llc = last_level_cache_bytes()
+    size = max(64 * MIB, 2 * (llc or 0))
+    buf = torch.empty(size // 4, dtype=torch.float32)
+    llc_text = f"{llc // MIB} MiB LLC" if llc else "LLC size unknown"
+    return (lambda: buf.fill_(1.0)), f"GEMM and attention: caches flushed before each call by writing {size // MIB} MiB ({llc_text})"
+
+
+def _is_oom(torch, exc: BaseException) -> bool:
+    oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, MemoryError)) and ("out of memory" in text or "can't allocate" in text)
+
+
+def _point(ctx: BenchContext, build: Callable[[], tuple[Callable[[], object], bool]], key: dict, rows: list[dict]) -> None:
+    """Build the op (``build`` returns the callable and whether to flush), time it, append a row;
+    an out-of-memory point is skipped and counted."""
+    torch = ctx.torch
+    try:
+        fn, flush = build()
+        m = ctx.timer.measure(fn, ctx.flush if flush else None)
+    except Exception as exc:  # noqa: BLE001 - only OOM is tolerated, everything else re-raises
+        if not _is_oom(torch, exc):
+            raise
+        ctx.skip("out of memory")
+        if ctx.info.is_gpu:
+            torch.cuda.empty_cache()
+        return
+    rows.append({**key, **m.row()})
+    ctx.progress(len(rows))
+
+
+# ---- GEMM --------------------------------------------------------------------------------------
+
+def fp8_dtype(ctx: BenchContext):
+    """The fp8 (e4m3) dtype ``torch._scaled_mm`` takes on this device, or (None, why not)."""
+    torch, info = ctx.torch, ctx.info
+    if not info.is_gpu:
+        return None, "fp8: not measured on CPU (torch._scaled_mm needs an fp8-capable GPU)"
+    if not hasattr(torch, "_scaled_mm"):
+        return None, f"fp8: not measured, torch {torch.__version__} has no torch._scaled_mm"
+    if info.device_type == "rocm":
+        arch = (info.arch or "").split(":")[0]
+        if arch.startswith("gfx94"):
+            dt = torch.float8_e4m3fnuz
+        elif arch.startswith(("gfx95", "gfx12")):
+            dt = torch.float8_e4m3fn
+        else:
+            return None, f"fp8: not measured, {arch or 'this GPU'} has no fp8 matrix cores (needs MI300-class gfx94x or newer)"
+    else:
+        major, minor = torch.cuda.get_device_capability(ctx.device)
+        if (major, minor) < (8, 9):
+            return None, f"fp8: not measured, sm_{major}{minor} has no fp8 tensor cores (needs sm_89+)"
+        dt = torch.float8_e4m3fn
+    try:
+        a = torch.randn(32, 32, device=ctx.device).to(dt)
+        b = torch.randn(32, 32, device=ctx.device).to(dt).t()
+        one = torch.ones((), dtype=torch.float32, device=ctx.device)
+        torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        torch.cuda.synchronize(ctx.device)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
+        return None, f"fp8: not measured, torch._scaled_mm failed on this device: {str(exc).splitlines()[0]}"
+    return dt, ""
+
+
+def bench_gemm(ctx: BenchContext, plan: SweepPlan, dtypes: list[str]) -> list[dict]:
+    """Rows ``dtype, m, n, k`` + latency for every shape (model shards, then the generic grid)."""
+    torch = ctx.torch
+    F = torch.nn.functional
+    rows: list[dict] = []
+    sets = [(plan.gemm_shapes, plan.gemm_m)]
+    if plan.generic_gemm_shapes:
+        sets.append((plan.generic_gemm_shapes, plan.generic_gemm_m))
+    for name in dtypes:
+        if name == "fp8":
+            fp8, why = fp8_dtype(ctx)
+            if fp8 is None:
+                ctx.notes.append(why)
+                continue
+            ctx.notes.append("fp8 GEMM: torch._scaled_mm, per-tensor fp32 scales, e4m3 inputs, bf16 output")
+        for shapes, ms in sets:
+            for shape in shapes:
+                if name == "fp8" and (shape.n % 16 or shape.k % 16):
+                    ctx.skip("fp8 GEMM needs n and k divisible by 16")
+                    continue
+                try:
+                    if name == "fp8":
+                        w = torch.randn(shape.n, shape.k, device=ctx.device).to(fp8)
+                        x_all = torch.randn(max(ms), shape.k, device=ctx.device).to(fp8)
+                        one = torch.ones((), dtype=torch.float32, device=ctx.device)
+                    else:
+                        dt = ctx.dtype(name)
+                        w = torch.randn(shape.n, shape.k, dtype=dt, device=ctx.device)
+                        x_all = torch.randn(max(ms), shape.k, dtype=dt, device=ctx.device)
+                except Exception as exc:  # noqa: BLE001
+                    if not _is_oom(torch, exc):
+                        raise
+                    ctx.skip("out of memory")
+                    continue
+                for m in ms:
+                    x = x_all[:m]
+                    if name == "fp8":
+                        def build(x=x, w=w, one=one):
+                            wt = w.t()
+                            return (lambda: torch._scaled_mm(x, wt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)), True
+                    else:
+                        def build(x=x, w=w):
+                            return (lambda: F.linear(x, w)), True
+                    _point(ctx, build, {"dtype": name, "m": m, "n": shape.n, "k": shape.k}, rows)
+                del w, x_all
+    return rows
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+def sdpa_supports_gqa(torch) -> bool:
+    """True when ``scaled_dot_product_attention`` takes ``enable_gqa`` (torch >= 2.5)."""
+    F = torch.nn.functional
+    q = torch.randn(1, 2, 2, 8)
+    kv = torch.randn(1, 1, 2, 8)
+    try:
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+    except TypeError:
+        return False
+    return True
+
+
+def _sdpa(torch, gqa_native: bool, causal: bool):
+    F = torch.nn.functional
+
+    def run(q, k, v):
+        group = q.shape[1] // k.shape[1]
+        if group == 1:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        if gqa_native:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), is_causal=causal)
+
+    return run
+
+
+def attention_dtypes(ctx: BenchContext, dtypes: list[str]) -> list[str]:
+    out = [d for d in dtypes if d != "fp8"]
+    if "fp8" in dtypes:
+        ctx.notes.append("attention: fp8 not measured (torch SDPA has no fp8 kernel)")
+    return out
+
+
+def bench_attention_prefill(ctx: BenchContext, plan: SweepPlan, dtypes: list[str], gqa_native: bool) -> list[dict]:
+    """Rows ``dtype, kv_dtype, batch_size, seq_len, num_heads, num_kv_heads, head_dim`` + latency."""
+    torch = ctx.torch
+    sdpa = _sdpa(torch, gqa_native, causal=True)
+    rows: list[dict] = []
+    for name in attention_dtypes(ctx, dtypes):
+        dt = ctx.dtype(name)
+        for hc in plan.heads:
+            for b in plan.prefill_batches:
+                for s in plan.prefill_seq_lens:
+                    if b * s > plan.prefill_max_batch_tokens:
+                        continue
+
+                    def build(b=b, s=s, hc=hc):
+                        q = torch.randn(b, hc.num_heads, s, hc.head_dim, dtype=dt, device=ctx.device)
+                        k = torch.randn(b, hc.num_kv_heads, s, hc.head_dim, dtype=dt, device=ctx.device)
+                        v = torch.randn(b, hc.num_kv_heads, s, hc.head_dim, dtype=dt, device=ctx.device)
+                        return (lambda: sdpa(q, k, v)), True
+
+                    key = {"dtype": name, "kv_dtype": name, "batch_size": b, "seq_len": s, "num_heads": hc.num_heads,
+                           "num_kv_heads": hc.num_kv_heads, "head_dim": hc.head_dim}
+                    _point(ctx, build, key, rows)
+    return rows
+
+
+def bench_attention_decode(ctx: BenchContext, plan: SweepPlan, dtypes: list[str], gqa_native: bool) -> list[dict]:
+    """Rows ``dtype, kv_dtype, batch_size, context_len, num_heads, num_kv_heads, head_dim`` + latency."""
+    torch = ctx.torch
+    sdpa = _sdpa(torch, gqa_native, causal=False)
+    rows: list[dict] = []
+    for name in attention_dtypes(ctx, dtypes):
+        dt = ctx.dtype(name)
+        for hc in plan.heads:
+            for b in plan.decode_batches:
+                for c in plan.decode_context_lens:
+                    if b * c > plan.decode_max_batch_tokens:
+                        continue
+
+                    def build(b=b, c=c, hc=hc):
+                        q = torch.randn(b, hc.num_heads, 1, hc.head_dim, dtype=dt, device=ctx.device)
+                        k = torch.randn(b, hc.num_kv_heads, c, hc.head_dim, dtype=dt, device=ctx.device)
+                        v = torch.randn(b, hc.num_kv_heads, c, hc.head_dim, dtype=dt, device=ctx.device)
+                        return (lambda: sdpa(q, k, v)), True
+
+                    key = {"dtype": name, "kv_dtype": name, "batch_size": b, "context_len": c, "num_heads": hc.num_heads,
+                           "num_kv_heads": hc.num_kv_heads, "head_dim": hc.head_dim}
+                    _point(ctx, build, key, rows)
+    return rows
+
+
+# ---- elementwise -------------------------------------------------------------------------------
+
+def elementwise_op(torch, case: ElementwiseCase, m: int, dt, device) -> Callable[[], object]:
+    """The op of ``case`` over ``m`` tokens (see the module docstring for each formula)."""
+    F = torch.nn.functional
+    w = case.width
+    if case.op == "rmsnorm":
+        x = torch.randn(m, w, dtype=dt, device=device)
+        weight = torch.randn(w, dtype=dt, device=device)
+
+        def rmsnorm():
+            xf = x.to(torch.float32)
+            var = xf.pow(2).mean(-1, keepdim=True)
+            return weight * (xf * torch.rsqrt(var + RMS_EPS)).to(dt)
+
+        return rmsnorm
+    if case.op == "layernorm":
+        x = torch.randn(m, w, dtype=dt, device=device)
+        weight = torch.randn(w, dtype=dt, device=device)
+        bias = torch.randn(w, dtype=dt, device=device)
+        return lambda: F.layer_norm(x, (w,), weight, bias, RMS_EPS)
+    if case.op == "silu_mul":
+        x = torch.randn(m, 2 * w, dtype=dt, device=device)
+
+        def silu_mul():
+            gate, up = x.chunk(2, -1)
+            return F.silu(gate) * up
+
+        return silu_mul
+    if case.op == "gelu":
+        x = torch.randn(m, w, dtype=dt, device=device)
+        return lambda: F.gelu(x)
+    if case.op == "rope":
+        d = case.head_dim
+        q = torch.randn(m, case.q_heads, d, dtype=dt, device=device)
+        k = torch.randn(m, case.kv_heads, d, dtype=dt, device=device)
+        inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        freqs = torch.outer(torch.arange(m, dtype=torch.float32, device=device), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos()[:, None, :].to(dt)
+        sin = emb.sin()[:, None, :].to(dt)
+
+        def rotate_half(t):
+            return torch.cat((-t[..., d // 2:], t[..., : d // 2]), dim=-1)
+
+        def rope():
+            return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+        return rope
+    if case.op == "add":
+        x = torch.randn(m, w, dtype=dt, device=device)
+        r = torch.randn(m, w, dtype=dt, device=device)
+        return lambda: x + r
+    if case.op == "embedding":
+        table = torch.randn(case.rows, w, dtype=dt, device=device)
+        ids = torch.randint(0, case.rows, (m,), device=device)
+        return lambda: F.embedding(ids, table)
+    raise ValueError(f"unknown elementwise op {case.op!r}")
+
+
+def bench_elementwise(ctx: BenchContext, plan: SweepPlan, dtypes: list[str]) -> list[dict]:
+    """Rows ``op, dtype, num_tokens, width`` + latency."""
+    rows: list[dict] = []
+    names = [d for d in dtypes if d != "fp8"]
+    if "fp8" in dtypes:
+        ctx.notes.append("elementwise: fp8 not measured (activations stay bf16/fp16 in fp8 serving)")
+    for name in names:
+        dt = ctx.dtype(name)
+        for case in plan.elementwise_cases:
+            for m in plan.elementwise_tokens:
+                def build(case=case, m=m):
+                    return elementwise_op(ctx.torch, case, m, dt, ctx.device), False
+
+                _point(ctx, build, {"op": case.op, "dtype": name, "num_tokens": m, "width": case.width}, rows)
+    return rows
+
+
+# ---- copies ------------------------------------------------------------------------------------
+
+def bench_memcpy(ctx: BenchContext, plan: SweepPlan) -> list[dict]:
+    """Rows ``direction, bytes`` + latency: d2d on every device; h2d, d2h and p2p on GPUs."""
+    torch = ctx.torch
+    rows: list[dict] = []
+    top = max(plan.memcpy_bytes)
+    dev = ctx.device
+    directions = ["d2d"]
+    if ctx.info.is_gpu:
+        directions += ["h2d", "d2h"]
+        if ctx.info.device_count >= 2:
+            directions.append("p2p")
+        else:
+            ctx.notes.append("memcpy: p2p not measured (one GPU visible)")
+    else:
+        ctx.notes.append("memcpy: CPU d2d is a copy between two host tensors; h2d, d2h and p2p do not apply to a CPU")
+    src = torch.empty(top, dtype=torch.uint8, device=dev).random_(0, 256)
+    dst = torch.empty(top, dtype=torch.uint8, device=dev)
+    host = None
+    if ctx.info.is_gpu:
+        host = torch.empty(top, dtype=torch.uint8, pin_memory=True).random_(0, 256)
+    for direction in directions:
+        timer = ctx.timer
+        if direction == "p2p":
+            timer = Timer(HostClock(), ctx.timer.policy)
+            other = torch.device("cuda", ((ctx.info.spec.index or 0) + 1) % ctx.info.device_count)
+            peer = torch.empty(top, dtype=torch.uint8, device=other)
+        for nbytes in plan.memcpy_bytes:
+            if direction == "d2d":
+                fn = (lambda n=nbytes: dst[:n].copy_(src[:n]))
+            elif direction == "h2d":
+                fn = (lambda n=nbytes: dst[:n].copy_(host[:n], non_blocking=True))
+            elif direction == "d2h":
+                fn = (lambda n=nbytes: host[:n].copy_(src[:n], non_blocking=True))
+            else:
+                def fn(n=nbytes):
+                    peer[:n].copy_(src[:n], non_blocking=True)
+                    torch.cuda.synchronize(dev)
+                    torch.cuda.synchronize(other)
+            m = timer.measure(fn)
+            rows.append({"direction": direction, "bytes": nbytes, **m.row()})
+            ctx.progress(len(rows))
+    if ctx.info.is_gpu and "p2p" in directions:
+        ctx.notes.append("memcpy p2p: host-timed with both devices synchronised")
+    return rows
+

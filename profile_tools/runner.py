@@ -1,0 +1,225 @@
+"""Run the sweep of ``pdsim profile`` and write the profile (``pdsim.profiles.format.write_profile``)."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pdsim.errors import ConfigError, ProfileError
+from pdsim.hardware.gpus import load_gpu_catalog
+from pdsim.profiles.format import DTYPES, TABLES, Profile, ProfileMeta, SoftwareInfo, today, write_profile
+from profile_tools.plan import (GPU_DEFAULT_MODELS, GPU_DEFAULT_TPS, GPU_QUICK_MODELS, TABLE_ORDER, Mode, build_plan,
+                                resolve_model, tiny_model_path)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRequest:
+    """The options of one ``pdsim profile`` run (None: the device's default).
+
+    Attributes:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        out: profile directory to write.
+        mode: ``quick`` or ``full``.
+        models: catalog names or HF config.json paths.
+        tps: tensor-parallel degrees.
+        dtypes: dtype names (``fp32``, ``bf16``, ``fp16``, ``fp8``).
+        max_tokens: cap on GEMM m, elementwise num_tokens and prefill seq_len.
+        threads: ``torch.set_num_threads`` (CPU).
+        tables: tables to measure (default all).
+        notes: lines the user adds to ``profile.yaml``'s notes.
+    """
+
+    device: str
+    out: Path
+    mode: Mode = "full"
+    models: tuple[str, ...] | None = None
+    tps: tuple[int, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+    max_tokens: int | None = None
+    threads: int | None = None
+    tables: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()
+
+    def command(self) -> str:
+        """The ``pdsim profile`` command line of these options (defaults left out, as a user types it)."""
+        parts = ["pdsim", "profile", "--device", self.device, "--out", str(self.out), f"--{self.mode}"]
+        for m in self.models or ():
+            parts += ["--models", m]
+        if self.tps:
+            parts += ["--tp", ",".join(str(t) for t in self.tps)]
+        if self.dtypes:
+            parts += ["--dtypes", ",".join(self.dtypes)]
+        if self.max_tokens is not None:
+            parts += ["--max-tokens", str(self.max_tokens)]
+        if self.threads is not None:
+            parts += ["--threads", str(self.threads)]
+        if self.tables:
+            parts += ["--tables", ",".join(self.tables)]
+        for n in self.notes:
+            parts += ["--note", n]
+        return shlex.join(parts)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise ProfileError(f"pdsim profile needs torch ({exc}); install it with: pip install 'pdsim[torch]'") from None
+    return torch
+
+
+def _resolve(req: ProfileRequest, gpu: bool) -> ProfileRequest:
+    """Fill in the device's defaults and check the options.
+
+    Raises:
+        ConfigError: unknown dtype or table, a bad number.
+    """
+    if req.models:
+        models = req.models
+    elif gpu:
+        models = GPU_DEFAULT_MODELS if req.mode == "full" else GPU_QUICK_MODELS
+    else:
+        models = (str(tiny_model_path()),)
+    tps = req.tps or (GPU_DEFAULT_TPS if gpu else (1,))
+    dtypes = req.dtypes or (("bf16", "fp16", "fp8") if gpu else ("fp32",))
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise ConfigError(f"--dtypes: unknown dtype(s) {unknown}; expected some of {list(DTYPES)}")
+    tables = req.tables or TABLE_ORDER
+    bad = [t for t in tables if t not in TABLES]
+    if bad:
+        raise ConfigError(f"--tables: unknown table(s) {bad}; expected some of {list(TABLE_ORDER)}")
+    if req.threads is not None and req.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {req.threads}")
+    if req.max_tokens is not None and req.max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be >= 1, got {req.max_tokens}")
+    return ProfileRequest(req.device, req.out, req.mode, tuple(models), tuple(tps), tuple(dict.fromkeys(dtypes)),
+                          req.max_tokens, req.threads, tuple(t for t in TABLE_ORDER if t in tables), req.notes)
+
+
+def _model_label(given: str, spec) -> str:
+    """A model's name, with its config path (relative to the source checkout when inside it)."""
+    path = Path(given)
+    if not path.exists():
+        return spec.name
+    try:
+        shown = path.resolve().relative_to(Path(__file__).resolve().parents[1])
+    except ValueError:
+        shown = path
+    return f"{spec.name} ({shown})"
+
+
+def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None) -> Profile:
+    """Measure the tables of ``req`` on its device and write the profile directory ``req.out``.
+
+    Raises:
+        ProfileError: torch missing, device unknown or unusable.
+        ConfigError: unknown model, dtype or table, bad numbers.
+    """
+    torch = _import_torch()
+    from profile_tools.collective import bench_collectives
+    from profile_tools.device import parse_device, probe_device
+    from profile_tools.ops import (BenchContext, bench_attention_decode, bench_attention_prefill, bench_elementwise,
+                                   bench_gemm, bench_memcpy, make_flush, sdpa_supports_gqa)
+    from profile_tools.timing import CudaEventClock, HostClock, Timer
+
+    command = req.command()
+    spec = parse_device(req.device)
+    info = probe_device(torch, spec, set(load_gpu_catalog()))
+    req = _resolve(req, info.is_gpu)
+    if req.threads is not None:
+        torch.set_num_threads(req.threads)
+    models = [resolve_model(m) for m in req.models]
+    plan = build_plan("gpu" if info.is_gpu else "cpu", req.mode, models, list(req.tps), list(req.dtypes), req.max_tokens)
+    device = torch.device(spec.torch_name)
+    if info.is_gpu:
+        torch.cuda.set_device(device)
+    torch.manual_seed(0)
+    clock = CudaEventClock(torch, device) if info.is_gpu else HostClock()
+    timer = Timer(clock, plan.timing)
+    flush, flush_note = make_flush(torch, info, device)
+    sweep = (f"sweep: models {', '.join(_model_label(m, s) for m, s in zip(req.models, models))}; "
+             f"TP {', '.join(map(str, req.tps))}; dtypes {', '.join(req.dtypes)}; up to {plan.max_tokens} tokens per batch")
+    ctx = BenchContext(torch, device, info, timer, flush, log, notes=[*req.notes, sweep, *plan.notes])
+    ctx.notes.append(flush_note)
+    gqa_native = sdpa_supports_gqa(torch)
+    gqa = "enable_gqa=True" if gqa_native else "repeat_interleave of K/V (HF repeat_kv)"
+    ctx.notes.append(f"attention: torch SDPA, GQA via {gqa}")
+    num_threads = torch.get_num_threads() if not info.is_gpu else None
+    log(f"pdsim profile: {info.device_name} ({info.device_type}), {req.mode} mode, models {[m.name for m in models]}, "
+        f"TP {list(req.tps)}, dtypes {list(req.dtypes)}" + (f", {num_threads} threads" if num_threads else ""))
+
+    tables: dict[str, pd.DataFrame] = {}
+    started = time.perf_counter()
+    for table in req.tables:
+        t0 = time.perf_counter()
+        ctx.table = table
+        log(f"{table}: measuring ...")
+        if table == "gemm":
+            rows = bench_gemm(ctx, plan, list(req.dtypes))
+        elif table == "attention_prefill":
+            rows = bench_attention_prefill(ctx, plan, list(req.dtypes), gqa_native)
+        elif table == "attention_decode":
+            rows = bench_attention_decode(ctx, plan, list(req.dtypes), gqa_native)
+        elif table == "elementwise":
+            rows = bench_elementwise(ctx, plan, list(req.dtypes))
+        elif table == "memcpy":
+            rows = bench_memcpy(ctx, plan)
+        else:
+            coll_dtype = next((d for d in req.dtypes if d in ("bf16", "fp16")), "bf16") if info.is_gpu else "fp32"
+            rows = bench_collectives(gpu=info.is_gpu, rocm=info.device_type == "rocm", device_count=info.device_count,
+                                     sizes=plan.collective_bytes, dtype=coll_dtype, policy=plan.timing, log=log, notes=ctx.notes)
+        if rows:
+            df = pd.DataFrame(rows)
+            if df.duplicated(subset=list(TABLES[table][0])).any():
+                df = df.drop_duplicates(subset=list(TABLES[table][0]), keep="first")
+            tables[table] = df
+        log(f"{table}: {len(rows)} points in {time.perf_counter() - t0:.1f} s")
+        if info.is_gpu:
+            torch.cuda.empty_cache()
+    if not tables:
+        raise ProfileError(f"{req.out}: nothing was measured (tables {list(req.tables)}): " + "; ".join(ctx.notes[-3:]))
+    for reason, n in sorted(ctx.skipped.items()):
+        ctx.notes.append(f"{n} point(s) skipped: {reason}")
+    if not info.is_gpu:
+        ctx.notes.append(
+            f"host contention: {timer.remeasured} point(s) re-measured because other processes used the CPU; "
+            f"{timer.still_contended} still contended after retries (column other_cpu_util = their share of all cores; "
+            "empty where a point was too short to tell and showed no clear contention)"
+        )
+    missing = [t for t in TABLE_ORDER if t not in tables]
+    if missing:
+        ctx.notes.append(f"tables not in this profile: {missing}")
+
+    meta = ProfileMeta(
+        name=Path(req.out).resolve().name,
+        source_kind="measured",
+        device_type=info.device_type,
+        vendor=info.vendor,
+        device_name=info.device_name,
+        gpu=info.gpu,
+        memory_bytes=info.memory_bytes,
+        device_count=info.device_count,
+        num_threads=num_threads,
+        date=today(),
+        command=command,
+        software=SoftwareInfo(**info.software),
+        mode=req.mode,
+        notes="\n".join(dict.fromkeys(ctx.notes)),
+    )
+    for line in dict.fromkeys(ctx.notes):
+        log(f"note: {line}")
+    out = Path(req.out)
+    if out.is_dir():  # a re-run replaces the tables; a table not measured this time must not linger
+        for table in TABLES:
+            stale = out / f"{table}.parquet"
+            if table not in tables and stale.is_file():
+                stale.unlink()
+    profile = write_profile(out, meta, tables)
+    log(f"wrote {out} ({sum(len(d) for d in tables.values())} rows, {time.perf_counter() - started:.0f} s)")
+    return profile
