@@ -59,7 +59,17 @@ def input_files(exp: LoadedExperiment, result: RunResult) -> dict[str, str]:
         for pool in plan.pools:
             if pool.latency_source[0] == "splitwise_table":
                 paths.add(Path(pool.latency_source[1]))
+            elif pool.latency_source[0] == "op_level":
+                for prof_dir in pool.latency_source[1]:
+                    paths.add(Path(prof_dir) / "profile.yaml")
+                    paths.update(Path(prof_dir) / f"{t}.parquet" for t in _profile_tables(prof_dir))
     return {str(p): sha256_file(p) for p in sorted(paths)}
+
+
+def _profile_tables(prof_dir: str) -> list[str]:
+    from pdsim.profiles.format import load_profile
+
+    return sorted(load_profile(prof_dir).meta.tables)
 
 
 def default_run_dir(exp: LoadedExperiment) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -64,7 +65,11 @@ def test_op_level_run_end_to_end(tmp_path):
     assert set(summary.latency_sources) == {"imported"}
     assert (summary.completed + summary.rejected == summary.requests).all()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert "op_level" in json.dumps(manifest)
+    latency = manifest["deployments"][0]["pools"][0]["latency"]
+    assert latency["kind"] == "op_level" and latency["source_kinds"] == ["imported"]
+    assert latency["profiles"][0]["tables"]["gemm"] == load_profile(H100_AIC).meta.tables["gemm"].sha256
+    hashed = {Path(p).name for p in manifest["inputs_sha256"]}
+    assert {"profile.yaml", "gemm.parquet", "attention_decode.parquet"} <= hashed
 
 
 def test_derived_profiles_are_labelled_in_tables_and_plots(tmp_path):

@@ -106,6 +106,7 @@ class PoolPlan:
             "pp": self.pp,
             "instances": self.instances,
             "latency_source_kinds": list(self.latency_source_kinds),
+            "latency": self.build_latency().describe(),
             "gpus": self.gpus,
             "capacity_blocks_per_instance": self.capacity_blocks,
             "block_size": self.scheduler.block_size,
