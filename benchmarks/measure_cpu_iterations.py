@@ -13,7 +13,11 @@ run with torch's default thread count unless ``--threads`` says otherwise. One m
 Untimed set-up: KV capacity is reserved beforehand (as an engine's preallocated KV pool, so no
 allocation is timed); for decode, one prompt of c tokens is prefilled once per c and its KV imported
 into the b sequences (``kv_import``; the KV contents do not affect the timing), and after each timed
-step every sequence is truncated back to c tokens, so every repeat measures exactly context c. After
+step every sequence is truncated back to c tokens (a prefill point's back to 0 tokens, keeping its
+capacity), so every repeat measures exactly context c. Every point's sequences are created in order
+and never freed until the end, so each decode batch occupies a contiguous range of the KV pool's slots
+and its attention reads the cache in place (``LlamaModel.decode_path_counts``; a warning is printed
+if any timed decode fell back to the gather copy). After
 ``warmup`` untimed passes, timed passes each time every point that still needs repeats once
 (interleaved, so that a burst of load from other processes costs a few repeats of many points, which
 the median ignores, rather than all repeats of a few points). The garbage collector is off while
@@ -121,8 +125,11 @@ class _PrefillRunner:
         self.model.step(prefill=self.batch)
 
     def reset(self) -> None:
-        self.close()
-        self._reserve()
+        # Roll back to empty sequences (capacity kept) rather than free + reserve: a free moves the KV
+        # pool's last sequence into the freed slot, which would scatter the decode points' sequences out
+        # of the contiguous, ordered slot ranges that decode attention reads in place.
+        for sid, _ in self.batch:
+            self.model.kv_truncate(sid, 0)
 
     def close(self) -> None:
         for sid, _ in self.batch:
@@ -270,6 +277,7 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
             for r in runners:
                 r.step()
                 r.reset()
+        gathers_before = model.decode_path_counts["gather"]
         gc.collect()
         gc.disable()
         try:
@@ -302,6 +310,9 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
                           f"{time.perf_counter() - t_start:5.0f} s so far", flush=True)
         finally:
             gc.enable()
+        if progress and model.decode_path_counts["gather"] > gathers_before:
+            print(f"warning: {model.decode_path_counts['gather'] - gathers_before} timed decode steps used the "
+                  "gather fallback instead of reading the KV cache in place", flush=True)
     finally:
         for r in runners:
             r.close()

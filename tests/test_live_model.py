@@ -39,9 +39,14 @@ def _tiny_models(tiny_cfg):
 @pytest.fixture
 def model_pair(_tiny_models):
     """Two tiny-Llama instances with the same seed, built once per module, their KV caches emptied
-    after each test."""
+    (and the in-place decode path re-enabled) after each test; decode path counts and workspace reset."""
+    for m in _tiny_models:
+        m.decode_path_counts = {"in_place": 0, "gather": 0}
+        m.release_workspace()
     yield _tiny_models
     clear(*_tiny_models)
+    for m in _tiny_models:
+        m.decode_fast_path = True
 
 
 def prompt(n: int, salt: int, vocab: int = 32000) -> list[int]:
@@ -222,6 +227,7 @@ def test_flattened_batch_equals_each_request_alone(model_pair):
 
 def test_decode_workspace_reuse_leaks_nothing_between_iterations(model_pair):
     m, ref = model_pair
+    m.decode_fast_path = False  # the gather fallback, which uses the workspace
     lens = {"a": 30, "b": 5, "c": 12}
     for sid, n in lens.items():
         nxt = m.step(prefill=[(sid, prompt(n, n))])[sid]
@@ -236,6 +242,80 @@ def test_decode_workspace_reuse_leaks_nothing_between_iterations(model_pair):
         want = ref.step_logits(decode=[(sid, tok)])[sid]
         torch.testing.assert_close(got[sid], want, atol=ATOL, rtol=0)
     assert m.workspace_bytes() >= 3 * 4 * 2 * 2 * 31 * 64 * 4  # b x layers x K,V x kv_heads x (30 + 1) x d x 4 B
+    assert m.decode_path_counts["in_place"] == 0
+
+
+def test_in_place_decode_matches_the_gather_path(model_pair):
+    """A decode batch of sequences created in order occupies a contiguous slot range and is read in
+    place (also when listed out of slot order); it gives the gather path's logits and next tokens,
+    in the input order, and leaves the same cache."""
+    fast, gather = model_pair
+    gather.decode_fast_path = False
+    lens = {"a": 30, "b": 5, "c": 12, "d": 12}
+    for m in (fast, gather):
+        for sid, n in lens.items():
+            m.step(prefill=[(sid, prompt(n, n))])
+    assert [fast.kv.slot(sid) for sid in lens] == [0, 1, 2, 3]
+    for batch in ([("a", 1), ("b", 2), ("c", 3), ("d", 4)],  # ragged: masked
+                  [("c", 5), ("b", 6), ("d", 7)],  # a permutation of slots 1..3
+                  [("c", 8), ("d", 9)]):  # equal contexts: no mask
+        before = dict(fast.decode_path_counts)
+        got, want = fast.step_logits(decode=batch), gather.step_logits(decode=batch)
+        assert fast.decode_path_counts["in_place"] == before["in_place"] + 1
+        assert fast.decode_path_counts["gather"] == before["gather"]
+        assert list(got) == [sid for sid, _ in batch]
+        for sid in got:
+            torch.testing.assert_close(got[sid], want[sid], atol=ATOL, rtol=0, msg=sid)
+            assert int(got[sid].argmax()) == int(want[sid].argmax()), sid
+    assert fast.step(decode=[("b", 1), ("d", 2)]) == gather.step(decode=[("b", 1), ("d", 2)])  # not contiguous
+    assert fast.decode_path_counts["gather"] == 1
+    for sid in lens:
+        assert fast.kv_num_tokens(sid) == gather.kv_num_tokens(sid)
+        torch.testing.assert_close(fast.kv_export(sid)[1], gather.kv_export(sid)[1], atol=1e-5, rtol=0)
+
+
+def test_free_compacts_slots_and_later_decodes_match_a_fresh_prefill(model_pair):
+    m, ref = model_pair
+    seqs = {sid: prompt(n, n + 40) for sid, n in (("a", 9), ("b", 14), ("c", 6), ("d", 20), ("e", 11))}
+    nxt = {}
+    for sid, p in seqs.items():
+        nxt[sid] = m.step(prefill=[(sid, p)])[sid]
+    with torch.inference_mode():  # stale, finite garbage past every sequence's length must not matter
+        for sid in seqs:
+            m.kv.buffer(sid)[:, :, :, m.kv_num_tokens(sid):] = 1e4
+    m.free("b")  # the last slot's sequence ("e") moves into slot 1
+    assert [m.kv.slot(sid) for sid in ("a", "e", "c", "d")] == [0, 1, 2, 3] and len(m.kv) == 4
+    m.free("a")  # "d" moves into slot 0
+    assert sorted(m.kv.slot(sid) for sid in ("c", "d", "e")) == [0, 1, 2]
+    live = ["c", "d", "e"]
+    for _ in range(3):
+        before = m.decode_path_counts["in_place"]
+        got = m.step_logits(decode=[(sid, nxt[sid]) for sid in live])
+        assert m.decode_path_counts["in_place"] == before + 1
+        for sid in live:
+            seqs[sid] = seqs[sid] + [nxt[sid]]
+            want = ref.step_logits(prefill=[("r", seqs[sid])])["r"]
+            ref.free("r")
+            torch.testing.assert_close(got[sid], want, atol=ATOL, rtol=0, msg=sid)
+            assert int(got[sid].argmax()) == int(want.argmax()), sid
+            nxt[sid] = int(got[sid].argmax())
+    assert m.kv_bytes_used() == sum(len(p) for sid, p in seqs.items() if sid in live) * m.kv.bytes_per_token
+
+
+def test_mixed_contexts_in_one_in_place_batch_match_each_alone(model_pair):
+    m, ref = model_pair
+    lens = {"s": 3, "m": 17, "l": 45, "x": 1}
+    first = {}
+    for sid, n in lens.items():
+        first[sid] = m.step(prefill=[(sid, prompt(n, n + 80))])[sid]
+        ref.step(prefill=[(sid, prompt(n, n + 80))])
+    got = m.step_logits(decode=[(sid, first[sid]) for sid in lens])
+    assert m.decode_path_counts["in_place"] >= 1 and m.decode_path_counts["gather"] == 0
+    for sid in lens:
+        want = ref.step_logits(decode=[(sid, first[sid])])[sid]
+        torch.testing.assert_close(got[sid], want, atol=ATOL, rtol=0, msg=sid)
+        assert int(got[sid].argmax()) == int(want.argmax()), sid
+    assert m.workspace_bytes() == 0
 
 
 def test_chunked_prefill_equals_one_shot(model_pair):

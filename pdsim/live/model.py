@@ -22,15 +22,20 @@ One ``step`` is one iteration, executed the way vLLM / SGLang execute it:
   (GQA via ``enable_gqa=True``), where P is the request's cached prefix (0 for a fresh prompt: a
   plain causal kernel; P > 0 for a later chunk of a chunked prefill: an explicit mask lets new token t
   see keys ``j <= P + t``). Decode requests run together: q ``[b, heads, 1, d]`` against K/V
-  ``[b, kv_heads, ctx_max, d]``, padded to the longest context in the batch, with a boolean mask
-  (omitted when all contexts are equal). The padded copy is built once per iteration for all layers.
-  **Cost**: decode attention (and the gather copy) grows with ``b x ctx_max`` rather than with the sum
-  of the contexts, so one long request in a batch of short ones is expensive; grouping decode requests
-  by context length, or a paged-attention kernel reading the cache in place, are the refinements.
-  The gather also holds a second copy of the batch's KV (all layers) in a workspace reused across
-  iterations, and costs one extra read and write of those bytes per iteration (a paged-attention
-  kernel reads the cache in place; on this CPU, at b = 64 and c = 1024, the copy took about 2/3 of
-  the time of the attention kernel itself).
+  ``[b, kv_heads, ctx_max, d]`` (``ctx_max`` = the longest context in the batch + 1), with a boolean
+  mask (position j attends iff ``j <= len``; omitted when all contexts are equal). The new tokens' K/V
+  are written into the cache first. **In place** (the common case): when the batch's sequences occupy a
+  contiguous range of the KV pool's slots (see below; in any order: the rows are run in slot order and
+  the outputs mapped back), K and V are views of the pool, ``pool[l, 0, s0:s0 + b, :, :ctx_max]``, read
+  by the attention kernel where they lie, like a paged-attention kernel, so decode attention costs what
+  the kernel on contiguous ``[b, kv_heads, ctx_max, d]`` K/V costs (what ``profile_tools`` measures).
+  **Fallback** (otherwise, or with ``decode_fast_path = False``): the batch's KV (all layers) is
+  gathered into a padded workspace reused across iterations, costing one extra read and write of those
+  bytes per iteration (on this CPU, at b = 64 and c = 1024, about 2/3 of the attention kernel's time)
+  and a second copy of them in memory (``workspace_bytes``). ``decode_path_counts`` counts the
+  iterations of each path. **Cost**: either way decode attention grows with ``b x ctx_max`` rather than
+  with the sum of the contexts, so one long request in a batch of short ones is expensive (grouping
+  decode requests by context length, or a ragged paged kernel, are the refinements).
 - The final RMSNorm and the LM head run ONLY on the last token of each sequence (vLLM computes logits
   only for sampled positions); the next token is the greedy argmax. A non-final chunk of a chunked
   prefill still yields a token, which the engine discards (as vLLM does).
@@ -38,12 +43,20 @@ One ``step`` is one iteration, executed the way vLLM / SGLang execute it:
 Everything runs under ``torch.inference_mode()``. The same seed and the same inputs give the same
 outputs (on a given device, dtype and thread count).
 
-The KV cache (``KVCache``) holds, per sequence, one buffer ``[layers, 2, kv_heads, capacity, head_dim]``
-(so per layer a K and a V tensor ``[kv_heads, capacity, head_dim]``), grown in blocks of
-``block_tokens`` tokens (or reserved ahead with ``kv_reserve``). ``kv_export`` / ``kv_import`` move one
-sequence's KV between instances (prefill/decode disaggregation). ``kv_bytes_used`` counts exactly
+The KV cache (``KVCache``) is a pool, one tensor ``[layers, 2, num_slots, kv_heads, slot_capacity,
+head_dim]`` (per layer a K and a V ``[num_slots, kv_heads, slot_capacity, head_dim]``), zero-filled,
+one slot per sequence. The sequences held occupy slots ``0 .. n - 1``: a new one takes the next slot,
+and freeing one moves the last slot's sequence into the freed slot (one copy of that sequence's KV), so
+sequences created together stay a contiguous slot range. The pool is re-allocated (copying it) when it
+lacks a slot (it grows by about 25 %) or a sequence outgrows the slot capacity (grown in multiples of
+``block_tokens``; ``kv_reserve`` ahead keeps that out of timed iterations). Every slot has the capacity
+of the longest reservation, so the pool's memory is ``slots x slot_capacity``, more than the sum of
+the sequences' reservations when their lengths differ (a paged pool would not pay that).
+``kv_export`` / ``kv_import`` move one sequence's KV ``[layers, kv_heads, tokens, head_dim]`` between
+instances (prefill/decode disaggregation). ``kv_bytes_used`` counts exactly
 ``2 * layers * kv_heads * head_dim * dtype_bytes`` per cached token (the formula of
-``pdsim.models.arch.ModelSpec.kv_bytes_per_token``); ``kv_bytes_allocated`` counts capacity.
+``pdsim.models.arch.ModelSpec.kv_bytes_per_token``); ``kv_bytes_allocated`` counts a sequence's
+reserved capacity, or the whole pool.
 
 Errors: malformed configs raise ``ValueError`` naming the field and value; misuse of ``step`` (unknown
 sequence, empty prompt, token id out of the vocabulary, position beyond the RoPE table, a sequence twice
@@ -226,15 +239,27 @@ def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
 
 
 class KVCache:
-    """Per-sequence KV cache: one buffer ``[layers, 2, kv_heads, capacity, head_dim]`` per sequence.
+    """Pooled KV cache: one tensor ``[layers, 2, num_slots, kv_heads, slot_capacity, head_dim]``, one slot
+    per sequence.
 
-    ``buffer[l, 0]`` is layer l's K and ``buffer[l, 1]`` its V, each ``[kv_heads, capacity, head_dim]``;
-    the first ``num_tokens(seq_id)`` positions are valid. Capacity grows in multiples of
-    ``block_tokens`` (growing copies the buffer; ``reserve`` ahead of time avoids that in timed code).
+    ``pool[l, 0, s]`` is layer l's K and ``pool[l, 1, s]`` its V of the sequence in slot s, each
+    ``[kv_heads, slot_capacity, head_dim]``; its first ``num_tokens(seq_id)`` positions are valid. The
+    sequences held occupy slots ``0 .. len(cache) - 1``: a new sequence takes slot ``len(cache)``, and
+    ``free`` moves the sequence of the last slot into the freed one (one copy of that sequence's valid
+    KV), so a decode batch of sequences created in order is a contiguous slot range that attention reads
+    in place (``pool[l, 0, s0:s0 + b, :, :ctx]``).
+
+    Each sequence has a capacity (its reservation, a multiple of ``block_tokens``); the pool's slot
+    capacity is at least the largest of them. The pool grows (is re-allocated, zero-filled, with the valid
+    slots copied over) when a new sequence finds no free slot (by about 25 % of the slots) or a sequence
+    outgrows the slot capacity (to its new capacity); ``reserve`` ahead of time keeps that out of timed
+    code. Positions past a sequence's length are always finite (zeros, or stale KV of an earlier
+    sequence or step), so masked attention scores over them stay finite. The pool is dropped when the
+    last sequence is freed.
 
     Args:
         num_layers, num_kv_heads, head_dim: shapes.
-        dtype, device: of the buffers.
+        dtype, device: of the pool.
         block_tokens: capacity granularity in tokens (>= 1).
     """
 
@@ -248,8 +273,11 @@ class KVCache:
         self.dtype = dtype
         self.device = device
         self.block_tokens = block_tokens
-        self._buffers: dict[SeqId, torch.Tensor] = {}
+        self._pool: torch.Tensor | None = None
+        self._slot_of: dict[SeqId, int] = {}  # insertion order
+        self._seq_in_slot: list[SeqId] = []  # slot -> sequence, for slots 0 .. len - 1
         self._num_tokens: dict[SeqId, int] = {}
+        self._capacity: dict[SeqId, int] = {}
 
     @property
     def bytes_per_token(self) -> int:
@@ -258,26 +286,51 @@ class KVCache:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
 
     def __contains__(self, seq_id: SeqId) -> bool:
-        return seq_id in self._buffers
+        return seq_id in self._slot_of
 
     def __len__(self) -> int:
-        return len(self._buffers)
+        return len(self._slot_of)
 
     def seq_ids(self) -> list[SeqId]:
         """Ids of the sequences held, in insertion order."""
-        return list(self._buffers)
+        return list(self._slot_of)
+
+    @property
+    def pool(self) -> torch.Tensor:
+        """The whole pool ``[layers, 2, num_slots, kv_heads, slot_capacity, head_dim]`` (not a copy).
+
+        Raises:
+            RuntimeError: the cache holds no sequence (no pool is allocated).
+        """
+        if self._pool is None:
+            raise RuntimeError("the KV cache holds no sequence: no pool is allocated")
+        return self._pool
+
+    @property
+    def num_slots(self) -> int:
+        """Slots allocated in the pool (>= ``len(cache)``; 0 without a pool)."""
+        return 0 if self._pool is None else self._pool.shape[2]
+
+    @property
+    def slot_capacity(self) -> int:
+        """Token capacity of every slot (0 without a pool)."""
+        return 0 if self._pool is None else self._pool.shape[4]
+
+    def slot(self, seq_id: SeqId) -> int:
+        """The pool slot of a sequence. Raises KeyError for an unknown sequence."""
+        return self._slot_of[self._known(seq_id)]
 
     def num_tokens(self, seq_id: SeqId) -> int:
         """Cached tokens of a sequence. Raises KeyError for an unknown sequence."""
         return self._num_tokens[self._known(seq_id)]
 
     def capacity(self, seq_id: SeqId) -> int:
-        """Allocated token capacity of a sequence. Raises KeyError for an unknown sequence."""
-        return self._buffers[self._known(seq_id)].shape[3]
+        """Reserved token capacity of a sequence (<= ``slot_capacity``). Raises KeyError if unknown."""
+        return self._capacity[self._known(seq_id)]
 
     def buffer(self, seq_id: SeqId) -> torch.Tensor:
-        """The sequence's whole buffer ``[layers, 2, kv_heads, capacity, head_dim]`` (not a copy)."""
-        return self._buffers[self._known(seq_id)]
+        """The sequence's slot ``[layers, 2, kv_heads, slot_capacity, head_dim]`` (a view of the pool)."""
+        return self.pool[:, :, self.slot(seq_id)]
 
     def layer(self, seq_id: SeqId, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of the valid K and V of one layer, each ``[kv_heads, num_tokens, head_dim]``."""
@@ -286,23 +339,38 @@ class KVCache:
 
     @torch.inference_mode()
     def reserve(self, seq_id: SeqId, tokens: int) -> None:
-        """Make room for ``tokens`` tokens (creating the sequence, empty, if it is new).
+        """Make room for ``tokens`` tokens (creating the sequence, empty, in the next slot if it is new).
 
-        Capacity becomes ``tokens`` rounded up to a multiple of ``block_tokens`` when it is smaller;
-        the valid prefix is copied over. Never shrinks.
+        The sequence's capacity becomes ``tokens`` rounded up to a multiple of ``block_tokens`` when it is
+        smaller (never shrinks); the pool is re-allocated when it lacks a slot or slot capacity.
         """
         need = -(-max(tokens, 1) // self.block_tokens) * self.block_tokens
-        old = self._buffers.get(seq_id)
-        if old is not None and old.shape[3] >= tokens:
+        if seq_id in self._slot_of:
+            if self._capacity[seq_id] >= tokens:
+                return
+            self._capacity[seq_id] = need
+            self._grow(len(self._seq_in_slot), need)
             return
-        new = torch.zeros(self.num_layers, 2, self.num_kv_heads, need, self.head_dim,
+        self._grow(len(self._seq_in_slot) + 1, need)
+        self._slot_of[seq_id] = len(self._seq_in_slot)
+        self._seq_in_slot.append(seq_id)
+        self._num_tokens[seq_id] = 0
+        self._capacity[seq_id] = need
+
+    def _grow(self, slots: int, capacity: int) -> None:
+        """Ensure the pool has at least ``slots`` slots of at least ``capacity`` tokens."""
+        old = self._pool
+        have_slots, have_cap = self.num_slots, self.slot_capacity
+        if old is not None and have_slots >= slots and have_cap >= capacity:
+            return
+        new_slots = slots if have_slots >= slots else max(slots, have_slots + max(have_slots // 4, 1))
+        new_cap = max(capacity, have_cap)
+        new = torch.zeros(self.num_layers, 2, new_slots, self.num_kv_heads, new_cap, self.head_dim,
                           dtype=self.dtype, device=self.device)
-        if old is not None:
-            n = self._num_tokens[seq_id]
-            new[:, :, :, :n] = old[:, :, :, :n]
-        else:
-            self._num_tokens[seq_id] = 0
-        self._buffers[seq_id] = new
+        used = len(self._seq_in_slot)
+        if old is not None and used:
+            new[:, :, :used, :, :have_cap] = old[:, :, :used]
+        self._pool = new
 
     def set_num_tokens(self, seq_id: SeqId, tokens: int) -> None:
         """Mark the first ``tokens`` positions valid (the model calls this after writing them).
@@ -326,10 +394,23 @@ class KVCache:
             raise ValueError(f"sequence {seq_id!r}: cannot truncate {n} cached tokens to {tokens}")
         self._num_tokens[seq_id] = tokens
 
+    @torch.inference_mode()
     def free(self, seq_id: SeqId) -> None:
-        """Release a sequence's buffer. Raises KeyError for an unknown sequence."""
-        del self._buffers[self._known(seq_id)]
-        del self._num_tokens[seq_id]
+        """Release a sequence's slot, moving the last slot's sequence into it (one copy of its valid KV)
+        so that the sequences keep occupying slots ``0 .. len - 1``. Raises KeyError if unknown."""
+        slot = self._slot_of.pop(self._known(seq_id))
+        del self._num_tokens[seq_id], self._capacity[seq_id]
+        last = len(self._seq_in_slot) - 1
+        if slot != last:
+            moved = self._seq_in_slot[last]
+            n = self._num_tokens[moved]
+            pool = self.pool
+            pool[:, :, slot, :, :n] = pool[:, :, last, :, :n]
+            self._seq_in_slot[slot] = moved
+            self._slot_of[moved] = slot
+        self._seq_in_slot.pop()
+        if not self._seq_in_slot:
+            self._pool = None
 
     @torch.inference_mode()
     def export(self, seq_id: SeqId) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,7 +427,7 @@ class KVCache:
         Raises:
             ValueError: the sequence exists already, or a shape or dtype does not match.
         """
-        if seq_id in self._buffers:
+        if seq_id in self._slot_of:
             raise ValueError(f"sequence {seq_id!r} is already in the KV cache; free it first")
         expect = (self.num_layers, self.num_kv_heads, k.shape[2] if k.dim() == 4 else -1, self.head_dim)
         for name, t in (("k", k), ("v", v)):
@@ -358,7 +439,7 @@ class KVCache:
                 raise ValueError(f"sequence {seq_id!r}: {name} has dtype {t.dtype}, the cache holds {self.dtype}")
         n = k.shape[2]
         self.reserve(seq_id, n)
-        buf = self._buffers[seq_id]
+        buf = self.buffer(seq_id)
         buf[:, 0, :, :n] = k.to(self.device)
         buf[:, 1, :, :n] = v.to(self.device)
         self._num_tokens[seq_id] = n
@@ -369,12 +450,15 @@ class KVCache:
         return tokens * self.bytes_per_token
 
     def bytes_allocated(self, seq_id: SeqId | None = None) -> int:
-        """Bytes of the buffers (capacity, not just the valid tokens)."""
-        bufs = [self.buffer(seq_id)] if seq_id is not None else self._buffers.values()
-        return sum(b.numel() * b.element_size() for b in bufs)
+        """Bytes allocated: for one sequence its capacity x ``bytes_per_token``; for all, the whole pool
+        (every slot at the slot capacity, spare slots included)."""
+        if seq_id is not None:
+            return self.capacity(seq_id) * self.bytes_per_token
+        pool = self._pool
+        return 0 if pool is None else pool.numel() * pool.element_size()
 
     def _known(self, seq_id: SeqId) -> SeqId:
-        if seq_id not in self._buffers:
+        if seq_id not in self._slot_of:
             raise KeyError(f"sequence {seq_id!r} is not in the KV cache")
         return seq_id
 
@@ -423,7 +507,8 @@ class LlamaModel:
             (embedding, then per layer qkv, o, gate_up, down, then the LM head) from
             ``normal(0, initializer_range)`` as HF initialises Llama; norms are ones. So the same seed
             gives the same weights on every device.
-        kv_block_tokens: KV capacity granularity per sequence, in tokens.
+        kv_block_tokens: KV capacity granularity (of a sequence's reservation and of the pool's slot
+            capacity), in tokens.
         max_positions: length of the RoPE tables (default ``max_position_embeddings``).
 
     Raises:
@@ -474,6 +559,10 @@ class LlamaModel:
         self.kv = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
                           block_tokens=kv_block_tokens)
         self._decode_workspace: torch.Tensor | None = None  # reused padded decode KV (see _gather_decode_kv)
+        self.decode_fast_path = True
+        """Read a decode batch occupying a contiguous slot range in place (False: always gather)."""
+        self.decode_path_counts = {"in_place": 0, "gather": 0}
+        """Decode iterations run by each attention path (for tests and diagnostics)."""
 
     # -- weights ------------------------------------------------------------------------------------
 
@@ -506,7 +595,8 @@ class LlamaModel:
         self.kv.load(seq_id, k, v)
 
     def kv_reserve(self, seq_id: SeqId, tokens: int) -> None:
-        """Pre-allocate a sequence's KV capacity (creating it empty if new), so growth never copies."""
+        """Pre-allocate a sequence's KV capacity (creating it empty, in the next pool slot, if new), so
+        later steps never re-allocate the pool for it."""
         self.kv.reserve(seq_id, tokens)
 
     def kv_truncate(self, seq_id: SeqId, tokens: int) -> None:
@@ -514,7 +604,8 @@ class LlamaModel:
         self.kv.truncate(seq_id, tokens)
 
     def free(self, seq_id: SeqId) -> None:
-        """Drop a finished (or transferred) sequence's KV cache."""
+        """Drop a finished (or transferred) sequence's KV cache; the pool's last sequence moves into its
+        slot (one copy of that sequence's KV)."""
         self.kv.free(seq_id)
 
     def kv_num_tokens(self, seq_id: SeqId) -> int:
@@ -526,11 +617,13 @@ class LlamaModel:
         return self.kv.bytes_used(seq_id)
 
     def kv_bytes_allocated(self, seq_id: SeqId | None = None) -> int:
-        """Bytes of KV buffers including unused capacity (not the decode workspace)."""
+        """KV bytes allocated including unused capacity: one sequence's reservation, or (None) the whole
+        pool with its spare slots (not the decode workspace)."""
         return self.kv.bytes_allocated(seq_id)
 
     def workspace_bytes(self) -> int:
-        """Bytes of the reused decode workspace (the largest padded decode batch seen so far)."""
+        """Bytes of the reused decode workspace of the gather fallback (the largest padded decode batch
+        it has seen so far; 0 while every decode ran in place)."""
         ws = self._decode_workspace
         return 0 if ws is None else ws.numel() * ws.element_size()
 
@@ -576,13 +669,22 @@ class LlamaModel:
             return [], torch.empty(0, cfg.vocab_size, dtype=self.dtype, device=dev)
         n_prefill_tokens = len(tokens)
 
-        # Capacity first (may copy buffers), then pointers into them.
+        # Capacity first (may re-allocate the pool), then slots and views into it.
         for p in plans:
             self.kv.reserve(p.seq_id, p.start + p.length)
-        dec_lens = [self.kv.num_tokens(sid) for sid, _ in decode]
-        for (sid, _), n in zip(decode, dec_lens):
-            self.kv.reserve(sid, n + 1)
-        tokens.extend(int(tok) for _, tok in decode)
+        for sid, _ in decode:
+            self.kv.reserve(sid, self.kv.num_tokens(sid) + 1)
+        # Decode rows run in slot order when the batch is a permutation of a contiguous slot range
+        # (attention then reads the pool in place); row_of[i] is the row of input decode i.
+        slots = [self.kv.slot(sid) for sid, _ in decode]
+        in_place = bool(decode) and self.decode_fast_path and max(slots) - min(slots) == len(slots) - 1
+        order = sorted(range(len(decode)), key=slots.__getitem__) if in_place else list(range(len(decode)))
+        row_of = [0] * len(decode)
+        for row, i in enumerate(order):
+            row_of[i] = row
+        run = [decode[i] for i in order]
+        dec_lens = [self.kv.num_tokens(sid) for sid, _ in run]
+        tokens.extend(int(tok) for _, tok in run)
         positions.extend(dec_lens)
 
         tok_t = torch.tensor(tokens, dtype=torch.long, device=dev)
@@ -590,9 +692,19 @@ class LlamaModel:
         cos = self._cos[pos_t].unsqueeze(1)  # [T, 1, head_dim]
         sin = self._sin[pos_t].unsqueeze(1)
         if decode:
-            past, dec_mask = self._gather_decode_kv(decode, dec_lens)
-            dec_pos = torch.tensor(dec_lens, dtype=torch.long, device=dev)  # this token's slot per row
-            dec_rows = torch.arange(len(decode), device=dev)
+            b, ctx_max = len(run), max(dec_lens) + 1
+            dec_pos = torch.tensor(dec_lens, dtype=torch.long, device=dev)  # this token's position per row
+            dec_rows = torch.arange(b, device=dev)
+            if in_place:
+                s0 = slots[order[0]]
+                dec_mask = None
+                if min(dec_lens) != max(dec_lens):
+                    dec_mask = (torch.arange(ctx_max, device=dev)[None, :] <= dec_pos[:, None]).view(b, 1, 1, ctx_max)
+                self.decode_path_counts["in_place"] += 1
+            else:
+                past, dec_mask = self._gather_decode_kv(run, dec_lens)
+                dec_slots = torch.tensor([slots[i] for i in order], dtype=torch.long, device=dev)
+                self.decode_path_counts["gather"] += 1
 
         T, H, KVH, D = len(tokens), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         h = F.embedding(tok_t, self.embed)  # [T, hidden]
@@ -606,9 +718,17 @@ class LlamaModel:
             for p in plans:
                 attn[p.offset:p.offset + p.length] = self._prefill_attention(li, p, q, k, v)
             if decode:
-                pk, pv = past[:, li, 0], past[:, li, 1]  # [b, kv_heads, ctx_max, head_dim]
-                pk[dec_rows, :, dec_pos] = k[n_prefill_tokens:]
-                pv[dec_rows, :, dec_pos] = v[n_prefill_tokens:]
+                kd, vd = k[n_prefill_tokens:], v[n_prefill_tokens:]
+                pool = self.kv.pool
+                if in_place:  # views of the pool [b, kv_heads, ctx_max, head_dim]: no copy
+                    pk = pool[li, 0, s0:s0 + b, :, :ctx_max]
+                    pv = pool[li, 1, s0:s0 + b, :, :ctx_max]
+                else:  # the padded workspace; the new token also goes into the pool
+                    pool[li, 0][dec_slots, :, dec_pos] = kd
+                    pool[li, 1][dec_slots, :, dec_pos] = vd
+                    pk, pv = past[:, li, 0], past[:, li, 1]
+                pk[dec_rows, :, dec_pos] = kd
+                pv[dec_rows, :, dec_pos] = vd
                 qd = q[n_prefill_tokens:].unsqueeze(2)  # [b, heads, 1, head_dim]
                 od = F.scaled_dot_product_attention(qd, pk, pv, attn_mask=dec_mask, enable_gqa=True)
                 attn[n_prefill_tokens:] = od.squeeze(2)
@@ -617,14 +737,13 @@ class LlamaModel:
             gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, w.down)
 
-        # Commit: decode tokens' K/V back into their buffers, then the new lengths.
-        for i, ((sid, _), n) in enumerate(zip(decode, dec_lens)):
-            self.kv.buffer(sid)[:, :, :, n] = past[i, :, :, :, n]
+        # Commit the new lengths (the K/V are already in the pool).
+        for (sid, _), n in zip(run, dec_lens):
             self.kv.set_num_tokens(sid, n + 1)
         for p in plans:
             self.kv.set_num_tokens(p.seq_id, p.start + p.length)
 
-        last = [p.offset + p.length - 1 for p in plans] + list(range(n_prefill_tokens, T))
+        last = [p.offset + p.length - 1 for p in plans] + [n_prefill_tokens + r for r in row_of]
         h_last = h[torch.tensor(last, dtype=torch.long, device=dev)]
         logits = F.linear(_rms_norm(h_last, self.final_norm, cfg.rms_norm_eps), self.lm_head)
         return seq_ids, logits
@@ -697,8 +816,9 @@ class LlamaModel:
 
     def _gather_decode_kv(self, decode: Sequence[tuple[SeqId, int]],
                           lens: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Padded copy of the decode batch's cached KV, all layers: ``[b, layers, 2, kv_heads, ctx_max,
-        head_dim]`` with ``ctx_max = max(len) + 1`` (room for this iteration's token), and the mask
+        """The fallback decode path: a padded copy of the decode batch's cached KV, all layers:
+        ``[b, layers, 2, kv_heads, ctx_max, head_dim]`` with ``ctx_max = max(len) + 1`` (room for this
+        iteration's token, which the caller writes into both this copy and the pool), and the mask
         ``[b, 1, 1, ctx_max]`` (True = attend), or None when every context has the same length.
         Padding is zeroed so masked scores stay finite.
 
