@@ -359,9 +359,10 @@ class OpLevelModel:
         return _Op.linear(MEM_CONSTANT_LATENCY_S, per_token / bw)
 
     def _collective(self, op: str, world: int) -> "_Op":
-        found = self._table("collective")
-        if found is not None:
-            prof, df = found
+        for prof in self.profiles:  # the first profile that measured this op at this world size
+            if not prof.has("collective"):
+                continue
+            df = prof.table("collective")
             where = self._where(prof, "collective")
             rows = df[(df.op == op) & (df.world_size == world)]
             if len(rows):
