@@ -1,0 +1,318 @@
+"""The reference serving engine, colocated mode: continuous batching on ``LlamaModel``, in real time.
+
+``LiveEngine`` replays a workload (the frame ``pdsim.workload.build_workload`` returns) on the wall
+clock: arrivals are honoured in real time, and the loop reads like the simulator's instance loop::
+
+    while requests remain:
+        enqueue the arrivals whose time has come
+        batch = scheduler.next_batch()          # pdsim.scheduling.batch.ColocatedScheduler itself
+        if batch is None: sleep until the next arrival; continue
+        tokens = model.step(prefill, decode)    # one real iteration
+        scheduler.complete(batch, 1, [now])     # record tokens, finish requests
+
+The batch scheduler, the KV block manager and the request records are the simulator's own objects
+(``ColocatedScheduler``, ``KVBlockManager``, ``Request``), so the batching policy is exactly the
+simulator's: running requests decode first; a running request that finds no KV block preempts the
+most recently admitted one (recompute: its KV is dropped and it later re-prefills its prompt plus the
+tokens it generated); waiting requests are admitted FCFS, whole prompts only, while the token budget
+(``max_num_batched_tokens`` minus one per decode), ``max_num_seqs`` and the KV blocks (keeping the
+watermark free) allow; nothing is admitted in an iteration that preempted. Chunked prefill is not
+implemented. The model's KV cache mirrors the block manager: a preempted request's KV is freed in the
+model, a finished request's too, and the tokens actually cached are checked against the capacity after
+every iteration (``InvariantViolation`` otherwise).
+
+Prompt token ids are pseudo-random, drawn from ``numpy.random.default_rng([seed, request_id])`` (content
+does not matter for timing); every request generates exactly its trace's ``output_tokens`` greedy
+tokens (EOS ignored). Times are seconds from the engine's start (``time.perf_counter``), the workload's
+t = 0; ``arrival_s`` is the trace's (scheduled) arrival.
+
+Requests that can never be served are refused before the run (``ConfigError`` naming the request and
+value), with the simulator's rules (``pdsim.sim.plan.DeploymentPlan.reject_reason``): prompt + output -
+1 above ``max_num_batched_tokens`` (a late preemption re-prefills that many tokens in one iteration),
+prompt + output above the KV capacity minus the watermark, or above the model's positions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pdsim.core.kv import KVBlockManager, blocks_for
+from pdsim.core.request import Request
+from pdsim.errors import ConfigError, InvariantViolation
+from pdsim.scheduling.batch import ColocatedScheduler, SchedulerLimits
+
+DEFAULT_MODEL_CONFIG = "pdsim/data/model_configs/pdsim-tiny-llama.json"
+"""The default model: pdsim's tiny synthetic Llama (resolved from the installed package)."""
+
+ITERATION_COLUMNS = [
+    "iteration", "start_s", "duration_s", "prefill_tokens", "prefill_seqs", "decode_seqs",
+    "decode_context_tokens", "kv_blocks_used", "kv_capacity_blocks", "kv_tokens_cached", "preempted",
+]
+"""Columns of ``iterations.csv`` (one row per engine iteration; times in seconds from the start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Settings of one live engine instance (the scheduler knobs mean what they mean in
+    ``pdsim.config.schema.SchedulerConfig``).
+
+    Attributes:
+        model_config: HF ``config.json`` path (None: pdsim's tiny Llama).
+        dtype: fp32 / bf16 / fp16.
+        device: torch device.
+        seed: seed of the weights and of the prompt token ids.
+        max_num_batched_tokens: token budget of one iteration (prompt tokens + one per decode).
+        max_num_seqs: most requests in one iteration.
+        block_size: tokens per KV block.
+        kv_capacity_blocks: KV blocks of the instance (capacity in tokens = blocks x block_size).
+        watermark_fraction: fraction of the blocks kept free when admitting new prefills.
+    """
+
+    model_config: str | None = None
+    dtype: str = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    block_size: int = 16
+    kv_capacity_blocks: int = 2048
+    watermark_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_batched_tokens", "max_num_seqs", "block_size", "kv_capacity_blocks"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        if not 0 <= self.watermark_fraction < 0.5:
+            raise ConfigError(f"watermark_fraction must be in [0, 0.5), got {self.watermark_fraction}")
+
+    @property
+    def watermark_blocks(self) -> int:
+        """Blocks kept free at admission (as ``pdsim.sim.plan``: int(capacity x fraction))."""
+        return int(self.kv_capacity_blocks * self.watermark_fraction)
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.kv_capacity_blocks * self.block_size
+
+
+def load_model_config(path: str | Path | None) -> dict[str, Any]:
+    """A HF config.json as a dict (None: the packaged tiny Llama). Raises ConfigError."""
+    if path is None:
+        return json.loads((resources.files("pdsim") / "data/model_configs/pdsim-tiny-llama.json").read_text())
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"model config {p}: file not found")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"model config {p}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"model config {p}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def prompt_token_ids(seed: int, request_id: int, length: int, vocab_size: int) -> list[int]:
+    """Deterministic pseudo-random prompt ids of one request (``default_rng([seed, request_id])``)."""
+    rng = np.random.default_rng([seed, request_id])
+    return rng.integers(0, vocab_size, size=length).tolist()
+
+
+@dataclass(slots=True)
+class LiveResult:
+    """What a live run produced.
+
+    Attributes:
+        requests: the simulator's ``Request`` objects, filled in (times in seconds from the start).
+        token_times_s: per request id, the time of every generated token (len == output_tokens).
+        token_ids: per request id, the generated token ids.
+        iterations: one dict per iteration, keys ``ITERATION_COLUMNS``.
+        wall_s: duration of the run (seconds).
+        preemptions: total preemptions.
+    """
+
+    requests: list[Request]
+    token_times_s: dict[int, list[float]] = field(default_factory=dict)
+    token_ids: dict[int, list[int]] = field(default_factory=dict)
+    iterations: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    preemptions: int = 0
+
+    def iterations_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.iterations, columns=ITERATION_COLUMNS)
+
+    def tokens_frame(self) -> pd.DataFrame:
+        """One row per generated token: request_id, token_index, t_s, token_id."""
+        rows = [(rid, i, t, tok) for rid in sorted(self.token_times_s)
+                for i, (t, tok) in enumerate(zip(self.token_times_s[rid], self.token_ids[rid]))]
+        return pd.DataFrame(rows, columns=["request_id", "token_index", "t_s", "token_id"])
+
+
+class LiveEngine:
+    """A colocated continuous-batching engine on ``pdsim.live.model.LlamaModel`` (see module doc).
+
+    Args:
+        config: engine settings.
+
+    Raises:
+        ConfigError: bad settings or model config.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        from pdsim.live.model import LlamaModel  # torch, lazily
+
+        self.config = config
+        hf = load_model_config(config.model_config)
+        try:
+            self.model = LlamaModel(hf, dtype=config.dtype, device=config.device, seed=config.seed,
+                                    kv_block_tokens=config.block_size)
+        except (ValueError, RuntimeError) as exc:
+            raise ConfigError(f"model: {exc}") from None
+        self.vocab_size = self.model.config.vocab_size
+
+    # -- refusal -----------------------------------------------------------------------------------
+    def check_request(self, request_id: int, prompt_tokens: int, output_tokens: int) -> None:
+        """Refuse a request this engine can never serve (ConfigError naming the value)."""
+        c = self.config
+        total = prompt_tokens + output_tokens
+        if total > self.model.max_positions:
+            raise ConfigError(
+                f"request {request_id}: prompt_tokens + output_tokens = {total} exceeds the model's "
+                f"max_position_embeddings {self.model.max_positions}")
+        if total - 1 > c.max_num_batched_tokens:
+            raise ConfigError(
+                f"request {request_id}: prompt_tokens + output_tokens - 1 = {total - 1} exceeds "
+                f"max_num_batched_tokens {c.max_num_batched_tokens} (no chunked prefill: a preempted "
+                "request re-prefills that many tokens in one iteration); raise --max-num-batched-tokens")
+        usable = c.kv_capacity_blocks - c.watermark_blocks
+        if blocks_for(total, c.block_size) > usable:
+            raise ConfigError(
+                f"request {request_id}: needs {blocks_for(total, c.block_size)} KV blocks "
+                f"({total} tokens, block_size {c.block_size}) but the KV capacity is "
+                f"{c.kv_capacity_blocks} blocks ({c.kv_capacity_tokens} tokens) with {c.watermark_blocks} "
+                "kept free as watermark; raise --kv-capacity-tokens")
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, workload: pd.DataFrame, *, clock: Callable[[], float] = time.perf_counter,
+            sleep: Callable[[float], None] = time.sleep,
+            on_finish: Callable[[Request], None] | None = None) -> LiveResult:
+        """Replay ``workload`` (columns request_id, arrival_s, prompt_tokens, output_tokens; arrivals
+        non-decreasing, seconds) in real time and return the records.
+
+        Raises:
+            ConfigError: a request can never be served (checked for all requests before starting).
+            InvariantViolation: KV accounting broke (an engine bug).
+        """
+        c = self.config
+        reqs = [Request(int(r.request_id), float(r.arrival_s), int(r.prompt_tokens), int(r.output_tokens))
+                for r in workload.itertuples(index=False)]
+        if not reqs:
+            raise ConfigError("workload holds no requests")
+        for r in reqs:
+            self.check_request(r.id, r.prompt_tokens, r.output_tokens)
+        reqs.sort(key=lambda r: (r.arrival_s, r.id))
+        prompts = {r.id: prompt_token_ids(c.seed, r.id, r.prompt_tokens, self.vocab_size) for r in reqs}
+        out = LiveResult(requests=reqs, token_times_s={r.id: [] for r in reqs},
+                         token_ids={r.id: [] for r in reqs})
+        kv = KVBlockManager(c.kv_capacity_blocks, c.block_size, c.watermark_blocks)
+        sched = ColocatedScheduler(kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
+        model = self.model
+        held: set[int] = set()  # sequences in the model's KV cache
+        n, nxt, done, it = len(reqs), 0, 0, 0
+        t0 = clock()
+        while done < n:
+            now = clock() - t0
+            while nxt < n and reqs[nxt].arrival_s <= now:
+                r = reqs[nxt]
+                r.prefill_instance = r.decode_instance = 0
+                sched.enqueue(r)
+                nxt += 1
+            batch = sched.next_batch()
+            if batch is None:
+                if nxt >= n:
+                    raise InvariantViolation(f"engine idle with {n - done} requests unfinished")
+                sleep(max(0.0, reqs[nxt].arrival_s - (clock() - t0)))
+                continue
+            # Mirror preemptions into the model: a sequence held but not decoding now was preempted.
+            decoding = {r.id for r in batch.decode}
+            for sid in [s for s in held if s not in decoding]:
+                model.free(sid)
+                held.discard(sid)
+            prefill = [(r.id, prompts[r.id] + out.token_ids[r.id]) for r in batch.prefill]
+            decode = [(r.id, out.token_ids[r.id][-1]) for r in batch.decode]
+            start = clock() - t0
+            for r in batch.prefill:
+                if r.prefill_start_s != r.prefill_start_s:
+                    r.prefill_start_s = start
+            tokens = model.step(prefill, decode)
+            end = clock() - t0
+            held.update(r.id for r in batch.prefill)
+            cached = sum(model.kv_num_tokens(s) for s in held)
+            if cached > c.kv_capacity_tokens or kv.used_blocks > kv.capacity_blocks:
+                raise InvariantViolation(f"KV over capacity: {cached} tokens cached, {kv.used_blocks} blocks "
+                                         f"used, capacity {kv.capacity_blocks} blocks")
+            out.iterations.append({
+                "iteration": it, "start_s": start, "duration_s": end - start,
+                "prefill_tokens": batch.shape.prefill_tokens, "prefill_seqs": batch.shape.prefill_seqs,
+                "decode_seqs": batch.shape.decode_seqs, "decode_context_tokens": batch.shape.decode_context_tokens,
+                "kv_blocks_used": kv.used_blocks, "kv_capacity_blocks": kv.capacity_blocks,
+                "kv_tokens_cached": cached, "preempted": bool(batch.preempted),
+            })
+            it += 1
+            for r in (*batch.prefill, *batch.decode):
+                out.token_ids[r.id].append(int(tokens[r.id]))
+                out.token_times_s[r.id].append(end)
+            completion = sched.complete(batch, 1, [end], 0.0)
+            for r in completion.finished:
+                model.free(r.id)
+                held.discard(r.id)
+                done += 1
+                if len(out.token_ids[r.id]) != r.output_tokens:
+                    raise InvariantViolation(f"request {r.id} finished with {len(out.token_ids[r.id])} tokens, "
+                                             f"expected {r.output_tokens}")
+                if on_finish is not None:
+                    on_finish(r)
+        out.wall_s = clock() - t0
+        out.preemptions = sched.preemptions
+        out.requests = sorted(reqs, key=lambda r: r.id)
+        return out
+
+
+def manifest(config: EngineConfig, *, command: list[str], threads: int, extra: dict[str, Any] | None = None) -> dict:
+    """The run's manifest: device, torch version, threads, config, command, seed."""
+    import platform
+    import sys
+
+    import torch
+
+    from pdsim import __version__
+
+    device = config.device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device_name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "kind": "live",
+        "mode": "colocated",
+        "pdsim_version": __version__,
+        "python": sys.version.split()[0],
+        "torch_version": torch.__version__,
+        "device": device,
+        "device_name": device_name,
+        "threads": threads,
+        "seed": config.seed,
+        "config": asdict(config),
+        "command": command,
+        **(extra or {}),
+    }
+

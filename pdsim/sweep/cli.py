@@ -1,0 +1,271 @@
+"""``pdsim sweep``: run the cross product of ``--grid`` values of an experiment, resumably (edge ring).
+
+Heavy imports (the simulator, pandas) happen inside the functions, so importing this module from
+``pdsim.cli`` costs nothing. ``run_sweep`` is the library entry point; ``sweep_command`` the typer
+wrapper. See docs/sweep.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from pdsim.errors import ConfigError, PdsimError
+from pdsim.sweep.core import (
+    PointStore,
+    csv_value,
+    expand_grid,
+    parse_grid,
+    point_hash,
+    point_overrides,
+    point_values,
+)
+
+
+@dataclass
+class SweepPoint:
+    """One grid point, validated: its grid values, overrides, seed and hash."""
+
+    values: dict[str, Any]
+    overrides: list[str]
+    seed: int
+    hash: str
+
+
+@dataclass
+class SweepReport:
+    """What a sweep run did. ``points`` counts grid points; the other counts are unique hashes."""
+
+    out: Path
+    points: int
+    unique: int
+    done: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    discarded_tmp: int = 0
+    csv: Path | None = None
+
+
+def plan_sweep(experiment: Path, grid: list[str], sets: list[str], seed: int | None) -> tuple[list, list[SweepPoint]]:
+    """Parse the grid and load + validate every point (nothing is simulated).
+
+    Raises:
+        ConfigError: bad ``--grid`` syntax, an unknown key or a value the schema rejects.
+    """
+    from pdsim.config.load import load_experiment_file
+
+    axes = parse_grid(grid)
+    if seed is not None and any(a.key == "seed" for a in axes):
+        raise ConfigError("--grid seed=... and --seed cannot be combined")
+    points: list[SweepPoint] = []
+    for p in expand_grid(axes):
+        ovs = list(sets) + point_overrides(axes, p)
+        values = point_values(axes, p)
+        try:
+            exp = load_experiment_file(experiment, ovs)
+        except ConfigError as exc:
+            if not axes:
+                raise
+            shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise ConfigError(f"grid point {shown}: {exc}") from None
+        seed_used = exp.config.seed if seed is None else seed
+        points.append(SweepPoint(values, ovs, seed_used, point_hash(exp.config, seed_used)))
+    return axes, points
+
+
+def run_point(experiment: str, overrides: list[str], seed: int, out: str, h: str, values: dict) -> tuple[str, str | None]:
+    """Simulate one point and store it as ``OUT/points/<h>``; returns ``(h, error message or None)``.
+
+    Runs in a worker process or in-process; the result is the same either way.
+    """
+    from pdsim.config.load import load_experiment_file
+    from pdsim.results import write_run_dir
+    from pdsim.sim.runner import run_experiment
+
+    store = PointStore(Path(out))
+    tmp = None
+    try:
+        exp = load_experiment_file(experiment, overrides)
+        if point_hash(exp.config, seed) != h:  # the YAML changed under a running sweep
+            raise ConfigError(f"{experiment}: the experiment changed while the sweep was running")
+        result = run_experiment(exp, seed=seed, jobs=1)
+        tmp = store.new_tmp(h)
+        write_run_dir(tmp, exp, result, seed, argv=["pdsim", "sweep-point", experiment, *[f"--set={o}" for o in overrides]])
+        point = {"hash": h, "seed": seed, "grid": values, "overrides": overrides, "experiment_file": experiment}
+        (tmp / "point.json").write_text(json.dumps(point, indent=2, default=str))
+        store.commit(tmp, h)
+        return h, None
+    except PdsimError as exc:
+        msg = str(exc)
+    except Exception:  # a pdsim bug (e.g. InvariantViolation): recorded with its traceback, never silent
+        msg = traceback.format_exc()
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    store.record_failure(h, msg)
+    return h, msg
+
+
+def _run_point_job(args):
+    return run_point(*args)
+
+
+def write_sweep_csv(store: PointStore, axes, points: list[SweepPoint]) -> Path:
+    """Rebuild ``OUT/sweep.csv`` from the stored points of this grid (grid columns, then the summary, then ``point``)."""
+    import pandas as pd
+
+    from pdsim.metrics.summary import SUMMARY_COLUMNS
+
+    keys = [a.key for a in axes]
+    frames = []
+    for pt in points:
+        path = store.point_dir(pt.hash) / "summary.csv"
+        if not path.is_file():
+            continue
+        df = pd.read_csv(path)
+        for i, k in enumerate(keys):
+            df.insert(i, k, [csv_value(pt.values[k])] * len(df))
+        df["point"] = pt.hash
+        frames.append(df)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, *SUMMARY_COLUMNS, "point"])
+    out = store.out / "sweep.csv"
+    tmp = out.with_name(f"sweep.csv.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out
+
+
+def run_sweep(
+    experiment: Path | str,
+    grid: list[str],
+    *,
+    sets: list[str] | None = None,
+    out: Path | str,
+    jobs: int = 0,
+    seed: int | None = None,
+    progress: Callable[[int, int, int, int], None] | None = None,
+    on_point: Callable[[str, str | None], None] | None = None,
+) -> SweepReport:
+    """Run (or resume) a sweep; finished points are skipped, failed ones retried.
+
+    Args:
+        jobs: worker processes (0 = one per core; 1 = in this process).
+        progress: called as ``progress(finished, failed, running, total)`` (unique points to run).
+        on_point: called in this process after each point with ``(hash, error or None)``.
+
+    Raises:
+        ConfigError: bad input, before anything runs.
+    """
+    experiment = Path(experiment)
+    axes, points = plan_sweep(experiment, grid, sets or [], seed)
+    store = PointStore(Path(out))
+    report = SweepReport(out=store.out, points=len(points), unique=0)
+    report.discarded_tmp = store.prepare()
+    unique: dict[str, SweepPoint] = {}
+    for pt in points:
+        unique.setdefault(pt.hash, pt)
+    report.unique = len(unique)
+    todo = [pt for h, pt in unique.items() if not store.is_done(h)]
+    report.skipped = report.unique - len(todo)
+    total = len(todo)
+    args = [(str(experiment), pt.overrides, pt.seed, str(store.out), pt.hash, pt.values) for pt in todo]
+
+    def finished(h: str, err: str | None, running: int) -> None:
+        if err is None:
+            report.done += 1
+        else:
+            report.failed[h] = err
+        if progress:
+            progress(report.done + len(report.failed), len(report.failed), running, total)
+        if on_point:
+            on_point(h, err)
+
+    jobs_n = jobs if jobs > 0 else (os.cpu_count() or 1)
+    if progress:
+        progress(0, 0, min(jobs_n, total), total)
+    if jobs_n <= 1 or total <= 1:
+        for a in args:
+            h, err = run_point(*a)
+            finished(h, err, 1 if report.done + len(report.failed) + 1 < total else 0)
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent (rich's refresh thread)
+        pool = ProcessPoolExecutor(max_workers=min(jobs_n, total), mp_context=ctx)
+        try:
+            pending = {pool.submit(_run_point_job, a) for a in args}
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                running = sum(1 for f in pending if f.running())
+                for f in done:
+                    h, err = f.result()
+                    finished(h, err, running)
+                if not done and progress:
+                    progress(report.done + len(report.failed), len(report.failed), running, total)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    report.csv = write_sweep_csv(store, axes, points)
+    return report
+
+
+def sweep_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. experiments/tiny.yaml.")],
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="Sweep axis key.path=v1,v2,... (values parsed as YAML, like --set; repeatable: cross product).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override applied to every point: key.path=value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Sweep directory (default results/sweep-<experiment file stem>); rerun with the same one to resume.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes, one point each (0 = one per core; 1 = in this process). Results are identical.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Root seed of every point (overrides the YAML's).")] = None,
+) -> None:
+    """Run every point of a grid of --set overrides; resumable (finished points are skipped).
+
+    Each point is stored under the sha256 of its resolved config in OUT/points/<hash>/ (a run directory);
+    OUT/sweep.csv has one row per point x deployment x workload. Exit code 1 if some point failed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from pdsim.cli import _fail, console, err_console
+
+    out_dir = out or Path("results") / f"sweep-{experiment.stem}"
+    show = err_console.is_terminal or os.environ.get("PDSIM_PROGRESS") == "1"
+    try:
+        with Progress(
+            TextColumn("[bold]points"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False, disable=not show,
+        ) as bar:
+            task = bar.add_task("points", total=None, state="")
+
+            def on_progress(finished: int, failed: int, running: int, total: int) -> None:
+                bar.update(task, completed=finished, total=total,
+                           state=f"running {running}" + (f" [red]failed {failed}[/]" if failed else ""))
+
+            t0 = time.perf_counter()
+            report = run_sweep(experiment, grid or [], sets=set_ or [], out=out_dir, jobs=jobs, seed=seed, progress=on_progress)
+    except PdsimError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _fail(RuntimeError(f"interrupted; rerun the same command to resume (finished points in {out_dir / 'points'} are kept)"), 130)
+    wall = time.perf_counter() - t0
+    note = f" ({report.points - report.unique} duplicate grid points share a config)" if report.points != report.unique else ""
+    console.print(f"sweep: {report.unique} points{note}: done {report.done}, skipped {report.skipped} (already stored), "
+                  f"failed {len(report.failed)} in {wall:.1f}s", highlight=False)
+    if report.discarded_tmp:
+        console.print(f"note: discarded {report.discarded_tmp} incomplete point(s) left by an interrupted run", highlight=False)
+    for h, msg in report.failed.items():
+        first = msg.strip().splitlines()[-1] if msg.strip() else ""
+        err_console.print(f"failed point {h[:12]}: {first} (see {report.out / 'failed' / (h + '.txt')})", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"sweep table: {report.csv}", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+__all__ = ["run_sweep", "sweep_command", "plan_sweep", "run_point", "write_sweep_csv", "SweepReport", "SweepPoint"]

@@ -1,0 +1,161 @@
+"""Specifications of the live reference engine (pdsim.live.engine) and ``pdsim live``: a real-time
+replay completes every request with ordered timestamps and the trace's token counts, never exceeds the
+KV capacity, preempts (and still finishes) under a tight KV cache, refuses what can never fit, writes
+the simulator's request columns, and batching does not change the greedy tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from pdsim.cli import app  # noqa: E402
+from pdsim.errors import ConfigError  # noqa: E402
+from pdsim.live.engine import ITERATION_COLUMNS, EngineConfig, LiveEngine, prompt_token_ids  # noqa: E402
+from pdsim.live.model import LlamaModel  # noqa: E402
+from pdsim.metrics.records import REQUEST_COLUMNS  # noqa: E402
+from pdsim.workload import load_trace  # noqa: E402
+
+SMALL = {  # a small Llama so the tests run in seconds on 2 cores
+    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 1000, "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def small_cfg_path(tmp_path_factory):
+    p = tmp_path_factory.mktemp("model") / "small.json"
+    p.write_text(json.dumps(SMALL))
+    return str(p)
+
+
+def tiny_workload(n=20, max_prompt=48, max_output=12, rate_scale=4.0) -> pd.DataFrame:
+    df = load_trace("traces/tiny/tiny.csv").iloc[:n].copy()
+    df["prompt_tokens"] = df["prompt_tokens"].clip(upper=max_prompt)
+    df["output_tokens"] = df["output_tokens"].clip(upper=max_output)
+    df["arrival_s"] = df["arrival_s"] / rate_scale
+    df.insert(0, "request_id", np.arange(len(df), dtype=np.int64))
+    return df.reset_index(drop=True)
+
+
+def check_result(result, workload, capacity_blocks, block_size):
+    by_id = {r.id: r for r in result.requests}
+    assert sorted(by_id) == workload["request_id"].tolist()
+    for w in workload.itertuples(index=False):
+        r = by_id[w.request_id]
+        assert r.finish_s == r.finish_s, f"request {r.id} did not finish"
+        assert w.arrival_s <= r.prefill_start_s <= r.first_token_s <= r.finish_s
+        times = result.token_times_s[r.id]
+        assert len(times) == len(result.token_ids[r.id]) == w.output_tokens
+        assert times == sorted(times) and times[0] == r.first_token_s and times[-1] == r.finish_s
+    it = result.iterations_frame()
+    assert list(it.columns) == ITERATION_COLUMNS
+    assert (it["kv_blocks_used"] <= capacity_blocks).all()
+    assert (it["kv_tokens_cached"] <= capacity_blocks * block_size).all()
+    assert (it["start_s"].diff().dropna() > 0).all()
+
+
+def test_real_time_replay_completes_every_request(small_cfg_path):
+    wl = tiny_workload()
+    cfg = EngineConfig(model_config=small_cfg_path, kv_capacity_blocks=256, block_size=16)
+    result = LiveEngine(cfg).run(wl)
+    check_result(result, wl, 256, 16)
+    # arrivals honoured on the wall clock: the run lasts at least until the last arrival
+    assert result.wall_s >= wl["arrival_s"].max()
+    assert all(r.preemptions == 0 for r in result.requests)
+
+
+def test_tight_kv_preempts_and_still_finishes(small_cfg_path):
+    wl = tiny_workload(n=12, max_prompt=64, max_output=16, rate_scale=20.0)
+    cfg = EngineConfig(model_config=small_cfg_path, kv_capacity_blocks=6, block_size=16, watermark_fraction=0.0)
+    result = LiveEngine(cfg).run(wl)
+    check_result(result, wl, 6, 16)
+    assert result.preemptions > 0
+    assert sum(r.preemptions for r in result.requests) == result.preemptions
+    assert result.iterations_frame()["preempted"].any()
+
+
+def test_batching_does_not_change_greedy_tokens(small_cfg_path):
+    wl = tiny_workload(n=8, max_prompt=32, max_output=8, rate_scale=50.0)
+    cfg = EngineConfig(model_config=small_cfg_path, kv_capacity_blocks=256, seed=3)
+    engine = LiveEngine(cfg)
+    result = engine.run(wl)
+    assert result.iterations_frame()["decode_seqs"].max() > 1  # requests really were batched
+    alone = LlamaModel(SMALL, seed=3, kv_block_tokens=16)
+    for w in wl.itertuples(index=False):
+        prompt = prompt_token_ids(3, w.request_id, w.prompt_tokens, SMALL["vocab_size"])
+        toks = [alone.step(prefill=[("x", prompt)])["x"]]
+        while len(toks) < w.output_tokens:
+            toks.append(alone.step(decode=[("x", toks[-1])])["x"])
+        alone.free("x")
+        assert result.token_ids[w.request_id] == toks, f"request {w.request_id}"
+
+
+def test_refuses_requests_that_can_never_fit(small_cfg_path):
+    engine = LiveEngine(EngineConfig(model_config=small_cfg_path, kv_capacity_blocks=2, block_size=16))
+    wl = tiny_workload(n=3, max_prompt=40, max_output=4)
+    with pytest.raises(ConfigError, match=r"request 0: needs 3 KV blocks .* capacity is 2 blocks \(32 tokens\)"):
+        engine.run(wl)
+    engine = LiveEngine(EngineConfig(model_config=small_cfg_path, max_num_batched_tokens=20))
+    with pytest.raises(ConfigError, match="exceeds max_num_batched_tokens 20"):
+        engine.run(wl)
+    with pytest.raises(ConfigError, match="max_position_embeddings 1024"):
+        engine.check_request(7, 1000, 30)
+    with pytest.raises(ConfigError, match="max_num_seqs must be an integer >= 1, got 0"):
+        EngineConfig(max_num_seqs=0)
+
+
+def test_cli_writes_run_directory(tmp_path, small_cfg_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "live", "--trace", "traces/tiny/tiny.csv", "--max-requests", "10", "--rate-scale", "8",
+        "--max-prompt-tokens", "32", "--max-output-tokens", "6", "--model-config", small_cfg_path,
+        "--threads", "1", "--ttft-slo-s", "2", "--tpot-slo-s", "0.5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "completed 10/10" in res.output and "TTFT p50/p90 ms" in res.output
+    req = pd.read_csv(out / "requests.csv")
+    assert list(req.columns) == REQUEST_COLUMNS
+    assert (req["status"] == "completed").all() and req["kv_transfer_s"].isna().all()
+    assert req["output_tokens"].tolist() == load_trace("traces/tiny/tiny.csv")["output_tokens"].clip(upper=6).iloc[:10].tolist()
+    assert pd.read_parquet(out / "requests.parquet").shape == req.shape
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[0, "completed"] == 10 and summary.loc[0, "slo_attainment"] == 1.0
+    it = pd.read_csv(out / "iterations.csv")
+    assert list(it.columns) == ITERATION_COLUMNS and (it["kv_blocks_used"] <= it["kv_capacity_blocks"]).all()
+    tokens = pd.read_csv(out / "tokens.csv")
+    assert len(tokens) == req["output_tokens"].sum()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["torch_version"] == torch.__version__ and man["threads"] == 1 and man["seed"] == 0
+    assert man["config"]["kv_capacity_blocks"] == 2048
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kv-capacity-tokens", "64"], "needs 9 KV blocks"),
+    (["--max-num-batched-tokens", "100"], "exceeds max_num_batched_tokens 100"),
+    (["--rate-scale", "0"], "rate_scale"),
+    (["--trace", "missing.csv"], "trace file not found"),
+    (["--kv-capacity-tokens", "64", "--kv-capacity-blocks", "4"], "not both"),
+])
+def test_cli_bad_input_exits_2(tmp_path, args, message):
+    base = ["live", "--trace", "traces/tiny/tiny.csv", "--max-requests", "3", "--out", str(tmp_path / "x")]
+    if "--trace" in args:
+        base = base[:1] + base[3:]
+    res = CliRunner().invoke(app, base + args)
+    assert res.exit_code == 2, res.output
+    assert "error:" in res.output and message in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
