@@ -163,3 +163,13 @@ def test_failing_point_is_recorded_and_others_finish(tmp_path):
     # rerun: the finished point is skipped, the failed one retried (and fails again)
     res2 = runner.invoke(app, args)
     assert res2.exit_code == 1 and "done 0, skipped 1" in res2.output and "failed 1" in res2.output
+
+
+def test_ray_executor_without_ray_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
+    res = runner.invoke(app, ["sweep", str(TINY), "--grid", GRID[0], "--executor", "ray", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == 'error: --executor ray needs ray (pip install "pdsim[ray]")'
+    assert not (tmp_path / "o").exists()
+    res = runner.invoke(app, ["sweep", str(TINY), "--executor", "dask", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "expected local or ray" in res.output

@@ -1,4 +1,5 @@
-"""``pdsim sweep``: run the cross product of ``--grid`` values of an experiment, resumably (edge ring).
+"""``pdsim sweep``: run the cross product of ``--grid`` values of an experiment, resumably (edge ring),
+on local worker processes or on Ray (``pdsim.sweep.ray_executor``, imported only for ``--executor ray``).
 
 Heavy imports (the simulator, pandas) happen inside the functions, so importing this module from
 ``pdsim.cli`` costs nothing. ``run_sweep`` is the library entry point; ``sweep_command`` the typer
@@ -152,11 +153,18 @@ def run_sweep(
     seed: int | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
     on_point: Callable[[str, str | None], None] | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> SweepReport:
     """Run (or resume) a sweep; finished points are skipped, failed ones retried.
 
     Args:
-        jobs: worker processes (0 = one per core; 1 = in this process).
+        jobs: worker processes (0 = one per core; 1 = in this process); with ``executor="ray"`` the CPUs
+            of the local Ray it starts (0 = all cores).
+        executor: ``"local"`` (worker processes) or ``"ray"`` (one Ray task per point; see
+            ``pdsim.sweep.ray_executor``). Results are identical.
+        address: with ``executor="ray"``, the Ray cluster to join (else an already initialised Ray, else a
+            local one started and shut down here).
         progress: called as ``progress(finished, failed, running, total)`` (unique points to run).
         on_point: called in this process after each point with ``(hash, error or None)``.
 
@@ -164,6 +172,14 @@ def run_sweep(
         ConfigError: bad input, before anything runs.
     """
     experiment = Path(experiment)
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: expected local or ray")
+    if address and executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if executor == "ray":
+        from pdsim.sweep.ray_executor import import_ray
+
+        import_ray()  # a missing ray is bad input: exit 2 before anything is created
     axes, points = plan_sweep(experiment, grid, sets or [], seed)
     store = PointStore(Path(out))
     report = SweepReport(out=store.out, points=len(points), unique=0)
@@ -190,7 +206,17 @@ def run_sweep(
     jobs_n = jobs if jobs > 0 else (os.cpu_count() or 1)
     if progress:
         progress(0, 0, min(jobs_n, total), total)
-    if jobs_n <= 1 or total <= 1:
+    if executor == "ray":
+        if total:
+            from pdsim.sweep.ray_executor import run_on_ray
+
+            def waiting(running: int) -> None:
+                if progress:
+                    progress(report.done + len(report.failed), len(report.failed), running, total)
+
+            run_on_ray(args, jobs=jobs, address=address, finished=finished, record_failure=store.record_failure,
+                       progress=waiting)
+    elif jobs_n <= 1 or total <= 1:
         for a in args:
             h, err = run_point(*a)
             finished(h, err, 1 if report.done + len(report.failed) + 1 < total else 0)
@@ -225,6 +251,8 @@ def sweep_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Sweep directory (default results/sweep-<experiment file stem>); rerun with the same one to resume.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes, one point each (0 = one per core; 1 = in this process). Results are identical.")] = 0,
     seed: Annotated[Optional[int], typer.Option(help="Root seed of every point (overrides the YAML's).")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="Where points run: local (worker processes) or ray (one Ray task per point). Results are identical.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="With --executor ray: the Ray cluster to join (default: start a local Ray with -j CPUs, shut down at the end).")] = None,
 ) -> None:
     """Run every point of a grid of --set overrides; resumable (finished points are skipped).
 
@@ -232,6 +260,8 @@ def sweep_command(
     OUT/sweep.csv has one row per point x deployment x workload. Exit code 1 if some point failed.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from rich.markup import escape
 
     from pdsim.cli import _fail, console, err_console
 
@@ -249,9 +279,10 @@ def sweep_command(
                            state=f"running {running}" + (f" [red]failed {failed}[/]" if failed else ""))
 
             t0 = time.perf_counter()
-            report = run_sweep(experiment, grid or [], sets=set_ or [], out=out_dir, jobs=jobs, seed=seed, progress=on_progress)
+            report = run_sweep(experiment, grid or [], sets=set_ or [], out=out_dir, jobs=jobs, seed=seed,
+                               progress=on_progress, executor=executor, address=address)
     except PdsimError as exc:
-        _fail(exc)
+        _fail(PdsimError(escape(str(exc))))  # escape: a message may hold [brackets] (e.g. pdsim[ray])
     except KeyboardInterrupt:
         _fail(RuntimeError(f"interrupted; rerun the same command to resume (finished points in {out_dir / 'points'} are kept)"), 130)
     wall = time.perf_counter() - t0
