@@ -1,0 +1,138 @@
+"""``pdsim replay``: drive an OpenAI-compatible endpoint with a request trace and write a run directory
+(requests.csv in the simulator's columns + ``error``, summary.csv, tokens.csv, manifest.json). No torch."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pdsim.errors import ConfigError, PdsimError
+
+
+def _ms(v: float) -> str:
+    return "-" if v != v else f"{v * 1e3:.1f}"
+
+
+def replay_command(
+    endpoint: Annotated[str, typer.Option("--endpoint", help="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.")],
+    model: Annotated[str, typer.Option("--model", help="Model name sent in every request.")],
+    trace: Annotated[Path, typer.Option("--trace", help="Request trace (azure / csv / mooncake / jsonl; see pdsim.workload.load_trace).")],
+    trace_format: Annotated[str, typer.Option("--trace-format", help="Trace format (auto, azure, mooncake, csv, jsonl).")] = "auto",
+    rate_scale: Annotated[float, typer.Option("--rate-scale", help="Request-rate multiplier: arrival times are divided by it.")] = 1.0,
+    max_requests: Annotated[Optional[int], typer.Option("--max-requests", help="Replay at most this many requests.")] = None,
+    window_start_s: Annotated[float, typer.Option("--window-start-s", help="Start of the replayed window on the trace's time axis (s).")] = 0.0,
+    window_duration_s: Annotated[Optional[float], typer.Option("--window-duration-s", help="Length of the window in trace seconds.")] = None,
+    max_prompt_tokens: Annotated[Optional[int], typer.Option("--max-prompt-tokens", help="Cap every prompt at this many tokens.")] = None,
+    max_output_tokens: Annotated[Optional[int], typer.Option("--max-output-tokens", help="Cap every output at this many tokens.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", help="Most requests in flight (default: unlimited).")] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout-s", help="Per-request time limit (s), from sending to the last token.")] = 600.0,
+    prompt_mode: Annotated[str, typer.Option("--prompt-mode", help="ids: a list of prompt_tokens token ids (exact); text: prompt_tokens words 'a' (approximate).")] = "ids",
+    prompt_vocab: Annotated[int, typer.Option("--prompt-vocab", help="Prompt token ids are drawn from [0, this).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt token ids.")] = 0,
+    ttft_slo_s: Annotated[float, typer.Option("--ttft-slo-s", help="TTFT target (s) for SLO attainment.")] = 1.0,
+    tpot_slo_s: Annotated[float, typer.Option("--tpot-slo-s", help="TPOT target (s) for SLO attainment.")] = 0.1,
+    slo_percentile: Annotated[float, typer.Option("--slo-percentile", help="Percentile judged against the SLOs.")] = 90.0,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default results/replay-<trace>-<timestamp>).")] = None,
+) -> None:
+    """Replay a trace against an OpenAI-compatible /v1/completions endpoint (streaming) and record TTFT
+    and every inter-token time. Failed requests are recorded, not fatal: exit 0 once the run directory
+    is written (2 on bad options)."""
+    try:
+        _replay(**locals())
+    except PdsimError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130)
+
+
+def _replay(*, endpoint, model, trace, trace_format, rate_scale, max_requests, window_start_s, window_duration_s,
+            max_prompt_tokens, max_output_tokens, concurrency, timeout_s, prompt_mode, prompt_vocab, seed,
+            ttft_slo_s, tpot_slo_s, slo_percentile, out) -> None:
+    import numpy as np
+    from pydantic import ValidationError
+
+    from pdsim.config.schema import SloConfig
+    from pdsim.config.workload import TraceWorkload
+    from pdsim.live.replay import records_frame, replay_async, tokens_frame
+    from pdsim.metrics.summary import summarize, summarize_one
+    from pdsim.workload import build_workload
+
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+    if prompt_mode not in ("ids", "text"):
+        raise ConfigError(f"--prompt-mode must be ids or text, got {prompt_mode!r}")
+    for name, v in (("--max-prompt-tokens", max_prompt_tokens), ("--max-output-tokens", max_output_tokens),
+                    ("--concurrency", concurrency), ("--prompt-vocab", prompt_vocab)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{name} must be >= 1, got {v}")
+    if not timeout_s > 0:
+        raise ConfigError(f"--timeout-s must be > 0, got {timeout_s}")
+    try:
+        spec = TraceWorkload(kind="trace", path=str(trace), format=trace_format, rate_scale=rate_scale,
+                             window_start_s=window_start_s, window_duration_s=window_duration_s,
+                             max_requests=max_requests)
+        slo = SloConfig(ttft_s=ttft_slo_s, tpot_s=tpot_slo_s, percentile=slo_percentile)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}, got {err.get('input')!r}") from None
+    workload = build_workload(spec, Path.cwd(), np.random.SeedSequence(seed))
+    if max_prompt_tokens is not None:
+        workload["prompt_tokens"] = workload["prompt_tokens"].clip(upper=max_prompt_tokens)
+    if max_output_tokens is not None:
+        workload["output_tokens"] = workload["output_tokens"].clip(upper=max_output_tokens)
+    if workload.empty:
+        raise ConfigError("the workload holds no requests")
+
+    typer.echo(f"replay: {len(workload)} requests from {trace} over {float(workload['arrival_s'].max()):.2f} s "
+               f"(rate x{rate_scale}) -> {endpoint} model {model}, concurrency {concurrency or 'unlimited'}")
+    started = _dt.datetime.now(_dt.timezone.utc)
+    recs, wall = asyncio.run(replay_async(workload, endpoint, model, concurrency=concurrency, timeout_s=timeout_s,
+                                          prompt_mode=prompt_mode, seed=seed, prompt_vocab=prompt_vocab))
+
+    name = trace.stem
+    requests = records_frame(recs, deployment="replay", workload=name)
+    row = summarize_one(requests, kind="replay", gpus=0, usd_per_hour=0.0, slo=slo, latency_sources="replay")
+    summary = summarize([{"deployment": "replay", "workload": name, **row}])
+
+    run_dir = out or Path("results") / f"replay-{name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    requests.to_csv(run_dir / "requests.csv", index=False)
+    summary.to_csv(run_dir / "summary.csv", index=False)
+    tokens_frame(recs).to_csv(run_dir / "tokens.csv", index=False)
+    failed = requests[requests["status"] != "completed"]
+    from pdsim import __version__
+
+    man = {
+        "kind": "replay", "pdsim_version": __version__, "python": sys.version.split()[0],
+        "endpoint": endpoint, "model": model, "command": sys.argv,
+        "created_utc": started.isoformat(timespec="seconds"),
+        "workload": spec.model_dump(mode="json"), "max_prompt_tokens": max_prompt_tokens,
+        "max_output_tokens": max_output_tokens, "concurrency": concurrency, "timeout_s": timeout_s,
+        "prompt_mode": prompt_mode, "prompt_vocab": prompt_vocab, "seed": seed,
+        "slo": slo.model_dump(mode="json"), "wall_s": wall, "requests": len(requests),
+        "completed": int(len(requests) - len(failed)), "failed": int(len(failed)),
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(man, indent=2, default=str))
+
+    s = summary.iloc[0]
+    typer.echo(f"completed {int(s['completed'])}/{int(s['requests'])} in {wall:.2f} s, {len(failed)} failed")
+    if len(failed):
+        counts = failed["error"].str.slice(0, 120).value_counts()
+        for msg, k in counts.head(5).items():
+            typer.echo(f"  {k} x {msg}")
+        if len(counts) > 5:
+            typer.echo(f"  ... {len(counts) - 5} more distinct errors (requests.csv, column error)")
+    typer.echo(f"TTFT p50/p90 ms: {_ms(s['ttft_p50_s'])}/{_ms(s['ttft_p90_s'])}   "
+               f"TPOT p50/p90 ms: {_ms(s['tpot_p50_s'])}/{_ms(s['tpot_p90_s'])}   "
+               f"SLO attainment {s['slo_attainment'] * 100:.1f}%   "
+               + ("-" if s['output_tokens_per_s'] != s['output_tokens_per_s'] else f"{s['output_tokens_per_s']:.0f}")
+               + " tok/s")
+    typer.echo(f"run directory: {run_dir}")
