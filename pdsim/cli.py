@@ -160,6 +160,7 @@ from pdsim.profiles.cli import profiles_app  # noqa: E402  (sub-commands live be
 from profile_tools.cli import profile_command  # noqa: E402  (imports torch only when run)
 from pdsim.live.cli import live_command  # noqa: E402  (imports torch only when run)
 from pdsim.live.replay_cli import replay_command  # noqa: E402  (httpx, no torch)
+from pdsim.live.validate import validate_command  # noqa: E402  (no torch)
 from pdsim.live.server import serve_command  # noqa: E402  (imports torch only when run)
 from pdsim.sweep.cli import sweep_command  # noqa: E402  (imports the simulator only when run)
 
@@ -167,6 +168,7 @@ app.add_typer(profiles_app, name="profiles")
 app.command("profile")(profile_command)
 app.command("live")(live_command)
 app.command("replay")(replay_command)
+app.command("validate")(validate_command)
 app.command("serve")(serve_command)
 app.command("sweep")(sweep_command)
 

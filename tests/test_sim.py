@@ -452,3 +452,33 @@ def test_tokens_conserved_and_cost_formula(tmp_path):
 def test_requests_frame_contract_columns():
     res = run_experiment(load_experiment_file(TINY_YAML))
     assert list(res.requests.columns) == REQUEST_COLUMNS
+
+
+def test_token_times_list_every_token_and_change_nothing(tmp_path):
+    lengths = {"kind": "trace", "path": str(TINY_TRACE)}
+    workloads = {"poisson": {"kind": "poisson", "rate_rps": 6.0, "num_requests": 150, "lengths": lengths}}
+    deps = [
+        colocated("col", instances=1, kv_blocks=160),
+        disaggregated("dis", pool(gpu="H100-SXM", instances=1, kv_blocks=160), pool(instances=1, kv_blocks=160),
+                      {"kind": "ethernet"}),
+    ]
+    exp = load(tmp_path, experiment(deps, workloads, scheduler={"max_num_batched_tokens": 4096, "max_num_seqs": 48}))
+    result = run_experiment(exp, seed=3)
+    for plan in result.plans:
+        work = result.workloads["poisson"]
+        plain = simulate(plan, work)
+        log: dict[int, list[float]] = {}
+        logged = simulate(plan, work, token_times=log)
+        a, b = requests_frame(plain.requests, plan.name, "w"), requests_frame(logged.requests, plan.name, "w")
+        assert_frame_equal(a, b, check_exact=True)
+        done = b[b.status == "completed"]
+        assert len(done) > 0
+        for r in done.itertuples(index=False):
+            times = log[r.request_id]
+            assert len(times) == r.output_tokens  # every token, once (windows included)
+            assert times == sorted(times)
+            assert times[0] == pytest.approx(r.arrival_s + r.ttft_s)
+            assert times[-1] == pytest.approx(r.arrival_s + r.e2e_s)
+            gaps = np.diff(times)
+            if len(gaps):
+                assert gaps.max() == pytest.approx(r.itl_max_s)

@@ -83,6 +83,9 @@ class BatchScheduler:
         self.running: list[Request] = []
         self.load_tokens = 0  # prefill tokens still to process + output tokens still to generate
         self.preemptions = 0
+        # request id -> time of every token it was given (first token included), when a caller asks
+        # for per-token times (``simulate(..., token_times=...)``); None keeps the hot path free of it
+        self.token_times: dict[int, list[float]] | None = None
 
     # -- intake ------------------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
@@ -204,6 +207,13 @@ class BatchScheduler:
         t_first = end_times_s[0]
         t_last = end_times_s[iterations - 1]
         kv = self.kv
+        if self.token_times is not None:
+            log = self.token_times
+            ends = end_times_s[:iterations]
+            for req in batch.decode:
+                log.setdefault(req.id, []).extend(ends)
+            for req in batch.prefill:
+                log.setdefault(req.id, []).append(t_first)
         for req in batch.decode:
             req.generated += iterations
             req.kv_tokens += iterations

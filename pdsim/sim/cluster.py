@@ -56,23 +56,27 @@ class SimResult:
     end_s: float
 
 
-def _scheduler_for(pool: PoolPlan):
+def _scheduler_for(pool: PoolPlan, token_times: dict[int, list[float]] | None = None):
     kv = KVBlockManager(pool.capacity_blocks, pool.scheduler.block_size, pool.watermark_blocks)
     limits = SchedulerLimits(pool.scheduler.max_num_batched_tokens, pool.scheduler.max_num_seqs)
     match pool.role:
         case "colocated":
-            return ColocatedScheduler(kv, limits)
+            scheduler = ColocatedScheduler(kv, limits)
         case "prefill":
-            return PrefillOnlyScheduler(kv, limits)
+            scheduler = PrefillOnlyScheduler(kv, limits)
         case "decode":
-            return DecodeOnlyScheduler(kv, limits)
-    raise ValueError(pool.role)
+            scheduler = DecodeOnlyScheduler(kv, limits)
+        case _:
+            raise ValueError(pool.role)
+    scheduler.token_times = token_times
+    return scheduler
 
 
 class _Runtime:
     """Live state of one simulated deployment."""
 
-    def __init__(self, env: simpy.Environment, plan: DeploymentPlan, on_end: Callable[[Request], None]):
+    def __init__(self, env: simpy.Environment, plan: DeploymentPlan, on_end: Callable[[Request], None],
+                 token_times: dict[int, list[float]] | None = None):
         self.env = env
         self.plan = plan
         self.on_end = on_end
@@ -85,7 +89,7 @@ class _Runtime:
             members: list[Instance] = []
             for i in range(pool.instances):
                 common = dict(
-                    env=env, name=f"{pool.role}/{i}", index=i, scheduler=_scheduler_for(pool),
+                    env=env, name=f"{pool.role}/{i}", index=i, scheduler=_scheduler_for(pool, token_times),
                     latency=latency, max_window=pool.scheduler.max_window_iterations,
                     on_completion=self._on_completion,
                 )
@@ -151,8 +155,13 @@ def simulate(
     plan: DeploymentPlan,
     workload: pd.DataFrame,
     on_request_end: Callable[[Request], None] | None = None,
+    token_times: dict[int, list[float]] | None = None,
 ) -> SimResult:
     """Simulate ``plan`` serving ``workload`` (columns request_id, arrival_s, prompt_tokens, output_tokens).
+
+    ``token_times``, when given, is filled with request id -> the time (s) of every token the request
+    received, in order (after a preemption, the re-prefill gives the next token);
+    per-token ITL percentiles come from it. Results are the same with or without it.
 
     Raises:
         InvariantViolation: a request neither finished nor was rejected, or KV accounting broke.
@@ -171,7 +180,7 @@ def simulate(
         if callback is not None:
             callback(req)
 
-    runtime = _Runtime(env, plan, on_end)
+    runtime = _Runtime(env, plan, on_end, token_times)
 
     def arrival_process():
         submit = runtime.submit
