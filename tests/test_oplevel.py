@@ -243,3 +243,16 @@ def test_decode_time_grows_with_batch_and_context(tmp_path):
     lm = OpLevelModel([prof], MODEL, dtype="bf16")
     ts = np.array([[lm.decode_s(b, b * c) for c in (64, 256, 1024)] for b in (1, 4, 16)])
     assert (np.diff(ts, axis=0) > 0).all() and (np.diff(ts, axis=1) > 0).all()
+
+
+def test_out_of_range_decode_is_counted_on_every_record_and_in_every_copy(tmp_path):
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    lm = OpLevelModel([prof], MODEL, dtype="bf16")
+    lm.tokens_measured_max = 4  # as if the per-token ops were measured up to 4 tokens only
+    b = 8  # above it; decode attention (batch <= 32, context <= 4096) stays in range
+    first, second = lm.fresh(), lm.fresh()
+    for copy in (first, second):  # the second copy finds the batch size's part already cached
+        for _ in range(2):
+            copy.decode_s(b, b * 100)
+            copy.record_decode(b, 3)
+        assert copy.stats.extrapolated == 6 and copy.stats.by_axis == {"tokens_above": 6}

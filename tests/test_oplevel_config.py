@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 
 from pdsim.config.load import load_experiment_file

@@ -278,8 +278,11 @@ class OpLevelModel:
         self._prefill_attn, self._prefill_attn_scale = self._attention("attention_prefill", "seq_len", q_heads, kv_heads, 2.0)
         self._decode_attn, self._decode_attn_scale = self._attention("attention_decode", "context_len", q_heads, kv_heads, 1.0)
         self._layers = layers
-        self._decode_cache: dict[int, float] = {}
+        # batch size -> (time outside decode attention, out-of-range axis or None); shared by fresh()
+        # copies (pure); _decode_oor and _probe are per copy
+        self._decode_cache: dict[int, tuple[float, str | None]] = {}
         self._decode_oor: dict[int, str] = {}
+        self._probe = LookupStats()
         self._components = {"gemm": {s.name: (s.n, s.k) for s in [*shapes, lm_head]}}
 
     def _gemm_curve(self, gemm: pd.DataFrame, shape: GemmShape, where: str) -> "_Op":
@@ -290,7 +293,6 @@ class OpLevelModel:
             return _Op.piecewise(c.m.to_numpy(float), c[LATENCY].to_numpy(float))
         ns = np.array(sorted(set(gemm.n)))
         ks = np.array(sorted(set(gemm.k)))
-        ms = np.array(sorted(set(gemm.m)), dtype=float)
         inside = ns[0] <= shape.n <= ns[-1] and ks[0] <= shape.k <= ks[-1]
         if inside:
             i = int(np.searchsorted(ns, shape.n))
@@ -434,6 +436,7 @@ class OpLevelModel:
         twin = copy.copy(self)
         twin.stats = LookupStats()
         twin._decode_oor = {}
+        twin._probe = LookupStats()
         return twin
 
     # -- protocol ----------------------------------------------------------------------------------
@@ -450,17 +453,21 @@ class OpLevelModel:
     def decode_s(self, batch_size: int, context_tokens: int) -> float:
         """Pure-decode iteration time (pure apart from remembering, per batch size, whether the last
         lookup was out of range, which ``record_decode`` then counts)."""
-        base = self._decode_cache.get(batch_size)
-        if base is None:
+        cached = self._decode_cache.get(batch_size)
+        if cached is None:  # per-token and per-sampled part: a function of the batch size only
             probe = LookupStats()
             base = self.iteration_overhead_s + self._tokens_s(batch_size, probe) + self._sampled_s(batch_size, probe)
-            self._decode_cache[batch_size] = base
-            if probe.extrapolated:
-                self._decode_oor[batch_size] = next(iter(probe.by_axis))
-        probe = LookupStats()
+            cached = (base, next(iter(probe.by_axis)) if probe.extrapolated else None)
+            self._decode_cache[batch_size] = cached
+        base, axis = cached
+        probe = self._probe
+        probe.extrapolated = 0
+        probe.by_axis.clear()
         attn = self._decode_attn.at(batch_size, context_tokens / batch_size, probe, "decode_attention")
         if probe.extrapolated:
-            self._decode_oor[batch_size] = next(iter(probe.by_axis))
+            axis = next(iter(probe.by_axis))
+        if axis is not None:
+            self._decode_oor[batch_size] = axis
         return base + self._layers * self._decode_attn_scale * attn
 
     def record_decode(self, batch_size: int, iterations: int) -> None:

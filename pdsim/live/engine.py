@@ -157,6 +157,90 @@ class LiveResult:
         return pd.DataFrame(rows, columns=["request_id", "token_index", "t_s", "token_id"])
 
 
+@dataclass(slots=True)
+class Iteration:
+    """One executed engine iteration: the batch, its start and end (s), the requests it finished."""
+
+    batch: Any
+    start_s: float
+    end_s: float
+    finished: list[Request]
+
+
+class EngineCore:
+    """The simulator's scheduler and KV block manager driving ``LiveEngine.model``, one iteration at a
+    time; shared by the real-time replay (``LiveEngine.run``) and the HTTP server (``pdsim serve``).
+
+    Args:
+        engine: the engine (model and settings).
+        prompts: request id -> prompt token ids (read when the request is (re-)prefilled).
+        generated: request id -> generated token ids (appended here; an entry per enqueued request).
+        now: seconds since the run's start.
+        log: a list to append one ``ITERATION_COLUMNS`` dict per iteration to, or None.
+    """
+
+    def __init__(self, engine: "LiveEngine", prompts: dict[int, list[int]], generated: dict[int, list[int]],
+                 now: Callable[[], float], log: list[dict[str, Any]] | None = None) -> None:
+        c = engine.config
+        self.model = engine.model
+        self.kv = KVBlockManager(c.kv_capacity_blocks, c.block_size, c.watermark_blocks)
+        self.sched = ColocatedScheduler(self.kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
+        self.capacity_tokens = c.kv_capacity_tokens
+        self.prompts, self.generated, self.now, self.log = prompts, generated, now, log
+        self.held: set[int] = set()  # sequences in the model's KV cache
+        self.iterations = 0
+
+    def enqueue(self, req: Request) -> None:
+        req.prefill_instance = req.decode_instance = 0
+        self.sched.enqueue(req)
+
+    def step(self) -> Iteration | None:
+        """Run one iteration (None when the scheduler has nothing to run).
+
+        Raises:
+            InvariantViolation: KV over capacity (an engine bug).
+        """
+        batch = self.sched.next_batch()
+        if batch is None:
+            return None
+        model, held, generated = self.model, self.held, self.generated
+        # Mirror preemptions into the model: a sequence held but not decoding now was preempted.
+        decoding = {r.id for r in batch.decode}
+        for sid in [s for s in held if s not in decoding]:
+            model.free(sid)
+            held.discard(sid)
+        prefill = [(r.id, self.prompts[r.id] + generated[r.id]) for r in batch.prefill]
+        decode = [(r.id, generated[r.id][-1]) for r in batch.decode]
+        start = self.now()
+        for r in batch.prefill:
+            if r.prefill_start_s != r.prefill_start_s:
+                r.prefill_start_s = start
+        tokens = model.step(prefill, decode)
+        end = self.now()
+        held.update(r.id for r in batch.prefill)
+        kv = self.kv
+        cached = sum(model.kv_num_tokens(s) for s in held)
+        if cached > self.capacity_tokens or kv.used_blocks > kv.capacity_blocks:
+            raise InvariantViolation(f"KV over capacity: {cached} tokens cached, {kv.used_blocks} blocks "
+                                     f"used, capacity {kv.capacity_blocks} blocks")
+        if self.log is not None:
+            self.log.append({
+                "iteration": self.iterations, "start_s": start, "duration_s": end - start,
+                "prefill_tokens": batch.shape.prefill_tokens, "prefill_seqs": batch.shape.prefill_seqs,
+                "decode_seqs": batch.shape.decode_seqs, "decode_context_tokens": batch.shape.decode_context_tokens,
+                "kv_blocks_used": kv.used_blocks, "kv_capacity_blocks": kv.capacity_blocks,
+                "kv_tokens_cached": cached, "preempted": bool(batch.preempted),
+            })
+        self.iterations += 1
+        for r in (*batch.prefill, *batch.decode):
+            generated[r.id].append(int(tokens[r.id]))
+        finished = self.sched.complete(batch, 1, [end], 0.0).finished
+        for r in finished:
+            model.free(r.id)
+            held.discard(r.id)
+        return Iteration(batch, start, end, finished)
+
+
 class LiveEngine:
     """A colocated continuous-batching engine on ``pdsim.live.model.LlamaModel`` (see module doc).
 
@@ -223,58 +307,23 @@ class LiveEngine:
         prompts = {r.id: prompt_token_ids(c.seed, r.id, r.prompt_tokens, self.vocab_size) for r in reqs}
         out = LiveResult(requests=reqs, token_times_s={r.id: [] for r in reqs},
                          token_ids={r.id: [] for r in reqs})
-        kv = KVBlockManager(c.kv_capacity_blocks, c.block_size, c.watermark_blocks)
-        sched = ColocatedScheduler(kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
-        model = self.model
-        held: set[int] = set()  # sequences in the model's KV cache
-        n, nxt, done, it = len(reqs), 0, 0, 0
         t0 = clock()
+        core = EngineCore(self, prompts, out.token_ids, lambda: clock() - t0, out.iterations)
+        n, nxt, done = len(reqs), 0, 0
         while done < n:
             now = clock() - t0
             while nxt < n and reqs[nxt].arrival_s <= now:
-                r = reqs[nxt]
-                r.prefill_instance = r.decode_instance = 0
-                sched.enqueue(r)
+                core.enqueue(reqs[nxt])
                 nxt += 1
-            batch = sched.next_batch()
-            if batch is None:
+            it = core.step()
+            if it is None:
                 if nxt >= n:
                     raise InvariantViolation(f"engine idle with {n - done} requests unfinished")
                 sleep(max(0.0, reqs[nxt].arrival_s - (clock() - t0)))
                 continue
-            # Mirror preemptions into the model: a sequence held but not decoding now was preempted.
-            decoding = {r.id for r in batch.decode}
-            for sid in [s for s in held if s not in decoding]:
-                model.free(sid)
-                held.discard(sid)
-            prefill = [(r.id, prompts[r.id] + out.token_ids[r.id]) for r in batch.prefill]
-            decode = [(r.id, out.token_ids[r.id][-1]) for r in batch.decode]
-            start = clock() - t0
-            for r in batch.prefill:
-                if r.prefill_start_s != r.prefill_start_s:
-                    r.prefill_start_s = start
-            tokens = model.step(prefill, decode)
-            end = clock() - t0
-            held.update(r.id for r in batch.prefill)
-            cached = sum(model.kv_num_tokens(s) for s in held)
-            if cached > c.kv_capacity_tokens or kv.used_blocks > kv.capacity_blocks:
-                raise InvariantViolation(f"KV over capacity: {cached} tokens cached, {kv.used_blocks} blocks "
-                                         f"used, capacity {kv.capacity_blocks} blocks")
-            out.iterations.append({
-                "iteration": it, "start_s": start, "duration_s": end - start,
-                "prefill_tokens": batch.shape.prefill_tokens, "prefill_seqs": batch.shape.prefill_seqs,
-                "decode_seqs": batch.shape.decode_seqs, "decode_context_tokens": batch.shape.decode_context_tokens,
-                "kv_blocks_used": kv.used_blocks, "kv_capacity_blocks": kv.capacity_blocks,
-                "kv_tokens_cached": cached, "preempted": bool(batch.preempted),
-            })
-            it += 1
-            for r in (*batch.prefill, *batch.decode):
-                out.token_ids[r.id].append(int(tokens[r.id]))
-                out.token_times_s[r.id].append(end)
-            completion = sched.complete(batch, 1, [end], 0.0)
-            for r in completion.finished:
-                model.free(r.id)
-                held.discard(r.id)
+            for r in (*it.batch.prefill, *it.batch.decode):
+                out.token_times_s[r.id].append(it.end_s)
+            for r in it.finished:
                 done += 1
                 if len(out.token_ids[r.id]) != r.output_tokens:
                     raise InvariantViolation(f"request {r.id} finished with {len(out.token_ids[r.id])} tokens, "
@@ -282,7 +331,7 @@ class LiveEngine:
                 if on_finish is not None:
                     on_finish(r)
         out.wall_s = clock() - t0
-        out.preemptions = sched.preemptions
+        out.preemptions = core.sched.preemptions
         out.requests = sorted(reqs, key=lambda r: r.id)
         return out
 

@@ -7,8 +7,9 @@
   token's text is ``" <token id>"``; each choice also carries the non-standard ``token_ids``.
 - ``GET /v1/models``: the one served model.
 
-One engine thread (``ServingLoop``) owns the torch model (not thread-safe) and runs the same loop as
-``LiveEngine.run`` on the simulator's ``ColocatedScheduler`` / ``KVBlockManager``: HTTP handler threads
+One engine thread (``ServingLoop``) owns the torch model (not thread-safe) and runs the iterations of
+``pdsim.live.engine.EngineCore`` (the same as ``LiveEngine.run``: the simulator's scheduler and KV
+block manager): HTTP handler threads
 (stdlib ``ThreadingHTTPServer``) submit requests to a queue and read their tokens from a per-request
 queue. A request that can never be served (``LiveEngine.check_request``) is answered 400. A client
 that disconnects does not cancel its request (the scheduler has no abort): it runs to completion.
@@ -51,20 +52,18 @@ class ServingLoop:
     """
 
     def __init__(self, engine) -> None:
-        from pdsim.core.kv import KVBlockManager
-        from pdsim.scheduling.batch import ColocatedScheduler, SchedulerLimits
+        from pdsim.live.engine import EngineCore
 
         self.engine = engine
-        c = engine.config
-        self.kv = KVBlockManager(c.kv_capacity_blocks, c.block_size, c.watermark_blocks)
-        self.sched = ColocatedScheduler(self.kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
+        self._prompts: dict[int, list[int]] = {}
+        self._generated: dict[int, list[int]] = {}
+        self.core = EngineCore(engine, self._prompts, self._generated, lambda: time.perf_counter() - self.t0)
         self._inbox: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._ids = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pdsim-engine", daemon=True)
         self.t0 = time.perf_counter()
-        self.iterations = 0
         self.error: BaseException | None = None
         self._jobs: dict[int, _Job] = {}
 
@@ -106,12 +105,14 @@ class ServingLoop:
             while not self._inbox.empty():
                 self._inbox.get_nowait().tokens.put(exc)
 
+    @property
+    def iterations(self) -> int:
+        return self.core.iterations
+
     def _loop(self) -> None:
         from pdsim.errors import InvariantViolation
 
-        model, sched, kv, c = self.engine.model, self.sched, self.kv, self.engine.config
-        generated: dict[int, list[int]] = {}
-        held: set[int] = set()
+        core = self.core
         while not self._stop.is_set():
             block = not self._jobs
             while True:
@@ -120,38 +121,20 @@ class ServingLoop:
                 except queue.Empty:
                     break
                 block = False
-                self._jobs[job.request.id] = job
-                generated[job.request.id] = []
-                sched.enqueue(job.request)
-            batch = sched.next_batch()
-            if batch is None:
+                rid = job.request.id
+                self._jobs[rid] = job
+                self._prompts[rid] = job.prompt
+                self._generated[rid] = []
+                core.enqueue(job.request)
+            it = core.step()
+            if it is None:
                 if self._jobs:
                     raise InvariantViolation(f"engine idle with {len(self._jobs)} requests unfinished")
                 continue
-            decoding = {r.id for r in batch.decode}
-            for sid in [s for s in held if s not in decoding]:
-                model.free(sid)
-                held.discard(sid)
-            prefill = [(r.id, self._jobs[r.id].prompt + generated[r.id]) for r in batch.prefill]
-            decode = [(r.id, generated[r.id][-1]) for r in batch.decode]
-            start = time.perf_counter() - self.t0
-            for r in batch.prefill:
-                if r.prefill_start_s != r.prefill_start_s:
-                    r.prefill_start_s = start
-            tokens = model.step(prefill, decode)
-            end = time.perf_counter() - self.t0
-            self.iterations += 1
-            held.update(r.id for r in batch.prefill)
-            if kv.used_blocks > kv.capacity_blocks:
-                raise InvariantViolation(f"KV over capacity: {kv.used_blocks} blocks used")
-            for r in (*batch.prefill, *batch.decode):
-                tok = int(tokens[r.id])
-                generated[r.id].append(tok)
-                self._jobs[r.id].tokens.put(tok)
-            for r in sched.complete(batch, 1, [end], 0.0).finished:
-                model.free(r.id)
-                held.discard(r.id)
-                del generated[r.id]
+            for r in (*it.batch.prefill, *it.batch.decode):
+                self._jobs[r.id].tokens.put(self._generated[r.id][-1])
+            for r in it.finished:
+                del self._generated[r.id], self._prompts[r.id]
                 self._jobs.pop(r.id).tokens.put(_DONE)
 
 
