@@ -62,14 +62,9 @@ def _live(*, trace, trace_format, rate_scale, max_requests, window_start_s, wind
           max_output_tokens, out, model_config, dtype, device, seed, max_num_batched_tokens, max_num_seqs, block_size,
           kv_capacity_tokens, kv_capacity_blocks, watermark_fraction, ttft_slo_s, tpot_slo_s, slo_percentile,
           threads) -> None:
-    import numpy as np
-    from pydantic import ValidationError
-
-    from pdsim.config.schema import SloConfig
-    from pdsim.config.workload import TraceWorkload
+    from pdsim.live.workload import slo_config, trace_requests
     from pdsim.metrics.records import requests_frame
     from pdsim.metrics.summary import summarize, summarize_one
-    from pdsim.workload import build_workload
 
     if kv_capacity_tokens is not None and kv_capacity_blocks is not None:
         raise ConfigError("give --kv-capacity-tokens or --kv-capacity-blocks, not both")
@@ -80,23 +75,13 @@ def _live(*, trace, trace_format, rate_scale, max_requests, window_start_s, wind
         if tokens < block_size:
             raise ConfigError(f"--kv-capacity-tokens must hold at least one block ({block_size} tokens), got {tokens}")
         kv_capacity_blocks = tokens // block_size
-    for name, v in (("--max-prompt-tokens", max_prompt_tokens), ("--max-output-tokens", max_output_tokens),
-                    ("--threads", threads)):
-        if v is not None and v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}")
-    try:
-        spec = TraceWorkload(kind="trace", path=str(trace), format=trace_format, rate_scale=rate_scale,
-                             window_start_s=window_start_s, window_duration_s=window_duration_s,
-                             max_requests=max_requests)
-        slo = SloConfig(ttft_s=ttft_slo_s, tpot_s=tpot_slo_s, percentile=slo_percentile)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}, got {err.get('input')!r}") from None
-    workload = build_workload(spec, Path.cwd(), np.random.SeedSequence(seed))
-    if max_prompt_tokens is not None:
-        workload["prompt_tokens"] = workload["prompt_tokens"].clip(upper=max_prompt_tokens)
-    if max_output_tokens is not None:
-        workload["output_tokens"] = workload["output_tokens"].clip(upper=max_output_tokens)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    spec, workload = trace_requests(trace=trace, trace_format=trace_format, rate_scale=rate_scale,
+                                    window_start_s=window_start_s, window_duration_s=window_duration_s,
+                                    max_requests=max_requests, max_prompt_tokens=max_prompt_tokens,
+                                    max_output_tokens=max_output_tokens, seed=seed)
+    slo = slo_config(ttft_slo_s, tpot_slo_s, slo_percentile)
 
     import torch
 

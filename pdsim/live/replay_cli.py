@@ -56,40 +56,24 @@ def replay_command(
 def _replay(*, endpoint, model, trace, trace_format, rate_scale, max_requests, window_start_s, window_duration_s,
             max_prompt_tokens, max_output_tokens, concurrency, timeout_s, prompt_mode, prompt_vocab, seed,
             ttft_slo_s, tpot_slo_s, slo_percentile, out) -> None:
-    import numpy as np
-    from pydantic import ValidationError
-
-    from pdsim.config.schema import SloConfig
-    from pdsim.config.workload import TraceWorkload
+    from pdsim.live.workload import slo_config, trace_requests
     from pdsim.live.replay import records_frame, replay_async, tokens_frame
     from pdsim.metrics.summary import summarize, summarize_one
-    from pdsim.workload import build_workload
 
     if not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
     if prompt_mode not in ("ids", "text"):
         raise ConfigError(f"--prompt-mode must be ids or text, got {prompt_mode!r}")
-    for name, v in (("--max-prompt-tokens", max_prompt_tokens), ("--max-output-tokens", max_output_tokens),
-                    ("--concurrency", concurrency), ("--prompt-vocab", prompt_vocab)):
+    for name, v in (("--concurrency", concurrency), ("--prompt-vocab", prompt_vocab)):
         if v is not None and v < 1:
             raise ConfigError(f"{name} must be >= 1, got {v}")
     if not timeout_s > 0:
         raise ConfigError(f"--timeout-s must be > 0, got {timeout_s}")
-    try:
-        spec = TraceWorkload(kind="trace", path=str(trace), format=trace_format, rate_scale=rate_scale,
-                             window_start_s=window_start_s, window_duration_s=window_duration_s,
-                             max_requests=max_requests)
-        slo = SloConfig(ttft_s=ttft_slo_s, tpot_s=tpot_slo_s, percentile=slo_percentile)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}, got {err.get('input')!r}") from None
-    workload = build_workload(spec, Path.cwd(), np.random.SeedSequence(seed))
-    if max_prompt_tokens is not None:
-        workload["prompt_tokens"] = workload["prompt_tokens"].clip(upper=max_prompt_tokens)
-    if max_output_tokens is not None:
-        workload["output_tokens"] = workload["output_tokens"].clip(upper=max_output_tokens)
-    if workload.empty:
-        raise ConfigError("the workload holds no requests")
+    spec, workload = trace_requests(trace=trace, trace_format=trace_format, rate_scale=rate_scale,
+                                    window_start_s=window_start_s, window_duration_s=window_duration_s,
+                                    max_requests=max_requests, max_prompt_tokens=max_prompt_tokens,
+                                    max_output_tokens=max_output_tokens, seed=seed)
+    slo = slo_config(ttft_slo_s, tpot_slo_s, slo_percentile)
 
     typer.echo(f"replay: {len(workload)} requests from {trace} over {float(workload['arrival_s'].max()):.2f} s "
                f"(rate x{rate_scale}) -> {endpoint} model {model}, concurrency {concurrency or 'unlimited'}")
