@@ -251,49 +251,39 @@ def attention_dtypes(ctx: BenchContext, dtypes: list[str]) -> list[str]:
 
 def bench_attention_prefill(ctx: BenchContext, plan: SweepPlan, dtypes: list[str], gqa_native: bool) -> list[dict]:
     """Rows ``dtype, kv_dtype, batch_size, seq_len, num_heads, num_kv_heads, head_dim`` + latency."""
-    torch = ctx.torch
-    sdpa = _sdpa(torch, gqa_native, causal=True)
-    rows: list[dict] = []
-    for name in attention_dtypes(ctx, dtypes):
-        dt = ctx.dtype(name)
-        for hc in plan.heads:
-            for b in plan.prefill_batches:
-                for s in plan.prefill_seq_lens:
-                    if b * s > plan.prefill_max_batch_tokens:
-                        continue
-
-                    def build(b=b, s=s, hc=hc):
-                        q = torch.randn(b, hc.num_heads, s, hc.head_dim, dtype=dt, device=ctx.device)
-                        k = torch.randn(b, hc.num_kv_heads, s, hc.head_dim, dtype=dt, device=ctx.device)
-                        v = torch.randn(b, hc.num_kv_heads, s, hc.head_dim, dtype=dt, device=ctx.device)
-                        return (lambda: sdpa(q, k, v)), True
-
-                    key = {"dtype": name, "kv_dtype": name, "batch_size": b, "seq_len": s, "num_heads": hc.num_heads,
-                           "num_kv_heads": hc.num_kv_heads, "head_dim": hc.head_dim}
-                    _point(ctx, build, key, rows)
-    return rows
+    return _bench_attention(ctx, plan, dtypes, gqa_native, decode=False)
 
 
 def bench_attention_decode(ctx: BenchContext, plan: SweepPlan, dtypes: list[str], gqa_native: bool) -> list[dict]:
     """Rows ``dtype, kv_dtype, batch_size, context_len, num_heads, num_kv_heads, head_dim`` + latency."""
+    return _bench_attention(ctx, plan, dtypes, gqa_native, decode=True)
+
+
+def _bench_attention(ctx: BenchContext, plan: SweepPlan, dtypes: list[str], gqa_native: bool, *, decode: bool) -> list[dict]:
+    """Prefill: causal, query length = key length = ``seq_len``. Decode: one query token against
+    ``context_len`` keys, no mask."""
     torch = ctx.torch
-    sdpa = _sdpa(torch, gqa_native, causal=False)
+    sdpa = _sdpa(torch, gqa_native, causal=not decode)
+    if decode:
+        batches, lengths, max_tokens, length_key = plan.decode_batches, plan.decode_context_lens, plan.decode_max_batch_tokens, "context_len"
+    else:
+        batches, lengths, max_tokens, length_key = plan.prefill_batches, plan.prefill_seq_lens, plan.prefill_max_batch_tokens, "seq_len"
     rows: list[dict] = []
     for name in attention_dtypes(ctx, dtypes):
         dt = ctx.dtype(name)
         for hc in plan.heads:
-            for b in plan.decode_batches:
-                for c in plan.decode_context_lens:
-                    if b * c > plan.decode_max_batch_tokens:
+            for b in batches:
+                for n in lengths:
+                    if b * n > max_tokens:
                         continue
 
-                    def build(b=b, c=c, hc=hc):
-                        q = torch.randn(b, hc.num_heads, 1, hc.head_dim, dtype=dt, device=ctx.device)
-                        k = torch.randn(b, hc.num_kv_heads, c, hc.head_dim, dtype=dt, device=ctx.device)
-                        v = torch.randn(b, hc.num_kv_heads, c, hc.head_dim, dtype=dt, device=ctx.device)
+                    def build(b=b, n=n, hc=hc):
+                        q = torch.randn(b, hc.num_heads, 1 if decode else n, hc.head_dim, dtype=dt, device=ctx.device)
+                        k = torch.randn(b, hc.num_kv_heads, n, hc.head_dim, dtype=dt, device=ctx.device)
+                        v = torch.randn(b, hc.num_kv_heads, n, hc.head_dim, dtype=dt, device=ctx.device)
                         return (lambda: sdpa(q, k, v)), True
 
-                    key = {"dtype": name, "kv_dtype": name, "batch_size": b, "context_len": c, "num_heads": hc.num_heads,
+                    key = {"dtype": name, "kv_dtype": name, "batch_size": b, length_key: n, "num_heads": hc.num_heads,
                            "num_kv_heads": hc.num_kv_heads, "head_dim": hc.head_dim}
                     _point(ctx, build, key, rows)
     return rows
