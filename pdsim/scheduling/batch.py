@@ -59,6 +59,7 @@ class Batch:
     decode: list[Request]
     shape: BatchShape
     preempted: bool = False
+    swap_s: float = 0.0  # host<->device KV swap time charged to this iteration (swap preemption)
 
     @property
     def is_pure_decode(self) -> bool:
@@ -96,6 +97,10 @@ class BatchScheduler:
 
     def _load_of_new(self, req: Request) -> int:
         return req.prompt_tokens + req.output_tokens
+
+    def cached_prefix_tokens(self, req: Request) -> int:
+        """Prompt tokens of ``req`` already in this instance's prefix cache (0 without prefix caching)."""
+        return 0
 
     @property
     def has_work(self) -> bool:
@@ -168,7 +173,7 @@ class BatchScheduler:
     # -- windows -----------------------------------------------------------------------------------
     def decode_horizon(self, batch: Batch, max_iterations: int) -> int:
         """How many identical pure-decode iterations can run from now (>= 1)."""
-        if batch.prefill or batch.preempted or max_iterations <= 1:
+        if batch.prefill or batch.preempted or batch.swap_s or max_iterations <= 1:
             return 1
         decode = batch.decode
         k = min(max_iterations, min(r.output_tokens - r.generated for r in decode))

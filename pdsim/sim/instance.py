@@ -81,6 +81,10 @@ class Instance:
             self._target = idx
             self._arm(self._bounds[idx])
 
+    def cached_prefix_tokens(self, req: Request) -> int:
+        """Prompt tokens of ``req`` whose KV this instance's prefix cache holds (0 without prefix caching)."""
+        return self.scheduler.cached_prefix_tokens(req)
+
     def load_tokens(self, now_s: float) -> int:
         """Outstanding tokens (prefill to do + outputs to generate) as of ``now_s``."""
         load = self.scheduler.load_tokens
@@ -145,12 +149,12 @@ class Instance:
     def _plan(self, batch: Batch, start_s: float) -> tuple[list[float], list[float]]:
         """End times of the window's iterations and the running max of the gaps between them."""
         if not batch.is_pure_decode:
-            return [start_s + self.latency.iteration_s(batch.shape)], [0.0]
+            return [start_s + self.latency.iteration_s(batch.shape) + batch.swap_s], [0.0]
         k = self.scheduler.decode_horizon(batch, self.max_window)
         b = len(batch.decode)
         ctx = batch.shape.decode_context_tokens
         decode_s = self.latency.decode_s
-        t = start_s + decode_s(b, ctx)
+        t = start_s + decode_s(b, ctx) + batch.swap_s
         bounds = [t]
         gaps = [0.0]
         max_gap = 0.0
