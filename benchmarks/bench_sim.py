@@ -43,7 +43,7 @@ CONV = str(ROOT / "traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
 
 
 def pool(gpu: str, n: int) -> dict:
-    return {"gpu": gpu, "tp": 8, "instances": n, "router": "jsq", "latency": {"kind": "splitwise_table", "path": PROFILE}}
+    return {"gpu": gpu, "tp": 8, "instances": n, "router": "least_tokens", "latency": {"kind": "splitwise_table", "path": PROFILE}}
 
 
 CASES = {

@@ -25,6 +25,13 @@ timing. The CSV reports the median and the 10th / 90th percentiles of each point
 
     python benchmarks/measure_cpu_iterations.py [--quick] [--config PATH] [--out CSV] [--threads N]
 
+``--engine-overhead``: instead, measure the live engine's per-iteration time that the op-level model does
+not charge (``iteration_overhead_s``; method in ``pdsim.live.overhead``) against a CPU profile and write
+it as JSON for ``pdsim validate --overhead-file``:
+
+    python benchmarks/measure_cpu_iterations.py --engine-overhead --threads 1 --profile cpu-epyc-1t \
+        --out benchmarks/results/engine_overhead_cpu-epyc-1t.json
+
 ``measure(config_path, points, repeats)`` is importable (returns a pandas DataFrame) for the comparison
 with pdsim's op-level latency model.
 
@@ -364,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
                          "this, in cores, meanwhile; negative: keep every repeat")
     ap.add_argument("--max-wall-s", type=float, default=None,
                     help="stop re-running contended repeats after this many seconds (default 200, quick 15)")
+    ap.add_argument("--engine-overhead", action="store_true",
+                    help="measure the engine's iteration_overhead_s against --profile (writes JSON to --out)")
+    ap.add_argument("--profile", default=None, help="CPU profile for --engine-overhead (e.g. cpu-epyc-1t)")
     args = ap.parse_args(argv)
+    if args.engine_overhead:
+        return engine_overhead(args)
     points = quick_points() if args.quick else full_points()
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -384,6 +396,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwarning: {len(noisy)} points got fewer than 3 quiet repeats; their figures include "
               "contended ones (others_cpu_cores column)")
     print(f"\nwrote {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def engine_overhead(args) -> int:
+    """``--engine-overhead``: the grid of ``pdsim.live.overhead`` (quick: a smaller grid) -> JSON + CSV."""
+    import torch
+
+    from pdsim.latency.oplevel import OpLevelModel
+    from pdsim.live.engine import EngineConfig, LiveEngine, load_model_config
+    from pdsim.live.overhead import measure_engine_overhead
+    from pdsim.models.arch import model_from_hf_config
+    from pdsim.profiles.format import find_profile
+
+    if args.profile is None:
+        raise SystemExit("--engine-overhead needs --profile (the CPU profile of the same thread count)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    prof = find_profile(args.profile)
+    if prof.meta.num_threads != torch.get_num_threads():
+        print(f"warning: profile {prof.name} was measured with {prof.meta.num_threads} threads, the engine runs "
+              f"{torch.get_num_threads()}", flush=True)
+    hf = load_model_config(args.config)
+    spec = model_from_hf_config(args.config.stem, hf)
+    latency = OpLevelModel([prof], spec, tp=1, pp=1, dtype="fp32", gpu=None, iteration_overhead_s=0.0)
+    engine = LiveEngine(EngineConfig(model_config=str(args.config)))
+    grid = dict(batch_sizes=(1, 4, 16), prompt_lens=(64,), output_tokens=9) if args.quick else {}
+    summary, df = measure_engine_overhead(engine, latency, **grid)
+    summary.update({"profile": prof.name, "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+                    "cpu_name": cpu_name(), "model_config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+                    "command": " ".join(["python", "benchmarks/measure_cpu_iterations.py", *sys.argv[1:]])})
+    out = args.out if args.out != DEFAULT_OUT else ROOT / f"benchmarks/results/engine_overhead_{prof.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    df.to_csv(out.with_suffix(".csv"), index=False)
+    ms = {k: v * 1e3 for k, v in summary.items() if k.endswith("_s") and isinstance(v, float)}
+    print(f"iteration_overhead_s = {ms['iteration_overhead_s']:.3f} ms (median of {summary['iterations']} iterations; "
+          f"p10 {ms['overhead_p10_s']:.3f}, p90 {ms['overhead_p90_s']:.3f}; decode {ms['overhead_decode_median_s']:.3f}, "
+          f"prefill {ms['overhead_prefill_median_s']:.3f}; host outside the step {ms['host_outside_step_median_s']:.3f}, "
+          f"inside the step beyond the kernels {ms['inside_step_beyond_kernels_median_s']:.3f}); load average "
+          f"{summary['load_average_before'][0]:.2f} -> {summary['load_average_after'][0]:.2f}")
+    print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
 
 

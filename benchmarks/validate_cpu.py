@@ -1,18 +1,33 @@
-"""Live validation on this CPU: run ``pdsim live`` (the reference engine, default tiny Llama, fp32,
-2 threads) on the Azure conversation trace, then ``pdsim validate`` against the committed
-``cpu-epyc-2c`` profile, and print the comparison table.
+"""Live validation on this CPU: run ``pdsim live`` (the reference engine, default tiny Llama, fp32) on the
+Azure conversation trace, colocated or disaggregated, then ``pdsim validate`` against the CPU profile of
+the thread count, and print the comparison table.
 
-    python benchmarks/validate_cpu.py [--quick] [--requests N] [--rate-scale X] [--out DIR]
+    python benchmarks/validate_cpu.py [--mode colocated|disaggregated] [--quick] [--requests N]
+        [--rate-scale X] [--threads N] [--overhead-file JSON | --measure-overhead] [--out DIR]
+
+- ``--mode colocated`` (default): one engine, 2 threads; simulated on ``cpu-epyc-2c``.
+- ``--mode disaggregated``: a prefill and a decode worker process, 1 thread each (so each has one of the
+  2 cores), the KV of every request sent over torch.distributed gloo; simulated as one prefill and one
+  decode instance on the 1-thread profile ``cpu-epyc-1t``, linked by that profile's measured gloo
+  send/recv table.
 
 Lengths are capped (prompt <= 512, output <= 64 tokens) so 300 requests take about 1.5 minutes; the
-rate scale (default 1.1, i.e. the trace's arrivals compressed by 1.1) was picked in short trials so
-the engine is busy most of the time and queues form (the busy fraction is printed). ``--quick``: 30
-requests. Run it on an otherwise idle machine: the live side is wall-clock timing.
+rate scale (default 1.1, i.e. the trace's arrivals compressed by 1.1) was picked in short colocated
+trials so the engine is busy most of the time and queues form (the busy fraction of every engine /
+worker is printed: check it before reading the errors). ``--quick``: 30 requests.
+
+``iteration_overhead_s`` (the engine's per-iteration time the op-level model does not charge) is 0
+unless ``--overhead-file`` gives a measurement (``benchmarks/measure_cpu_iterations.py
+--engine-overhead``), or ``--measure-overhead`` measures it first, on a synthetic grid and not on the
+validation trace (``pdsim.live.overhead``). Run it on an otherwise idle machine: the live side is
+wall-clock timing; the load average before and after is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,32 +37,61 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pdsim.live.cli import _live  # noqa: E402
-from pdsim.live.validate import format_table, validate  # noqa: E402
+from pdsim.live.validate import _overhead_option, format_table, validate  # noqa: E402
 
 TRACE = ROOT / "traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
+PROFILES = {"colocated": "cpu-epyc-2c", "disaggregated": "cpu-epyc-1t"}
+THREADS = {"colocated": 2, "disaggregated": 1}
+
+
+def busy_line(label: str, its: pd.DataFrame, span_s: float) -> str:
+    """Share of the span the engine spent in iterations (model step + host time)."""
+    busy = its["duration_s"].sum() + (its["host_s"].sum() if "host_s" in its.columns else 0.0)
+    return f"{label} busy {busy / span_s * 100:.0f}% of {span_s:.1f} s, {len(its)} iterations"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("colocated", "disaggregated"), default="colocated")
     ap.add_argument("--quick", action="store_true", help="30 requests")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rate-scale", type=float, default=1.1)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=ROOT / "results/validate-cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (colocated: 2; disaggregated: 1 per worker)")
+    ap.add_argument("--profile", default=None, help="CPU profile (default cpu-epyc-2c / cpu-epyc-1t by mode)")
+    group = ap.add_mutually_exclusive_group()
+    group.add_argument("--overhead-file", type=Path, default=None, help="iteration_overhead_s measurement (JSON)")
+    group.add_argument("--measure-overhead", action="store_true",
+                       help="measure iteration_overhead_s first (benchmarks/measure_cpu_iterations.py --engine-overhead)")
+    ap.add_argument("--out", type=Path, default=None, help="default results/validate-cpu-<mode>")
     args = ap.parse_args()
     n = 30 if args.quick else args.requests
-    live_dir, val_dir = args.out / "live", args.out / "validate"
+    threads = args.threads or THREADS[args.mode]
+    profile = args.profile or PROFILES[args.mode]
+    out = args.out or ROOT / f"results/validate-cpu-{args.mode}"
+    live_dir, val_dir = out / "live", out / "validate"
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    overhead_file = args.overhead_file
+    if args.measure_overhead:
+        overhead_file = out / f"engine_overhead_{profile}.json"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks/measure_cpu_iterations.py"), "--engine-overhead",
+                        "--threads", str(threads), "--profile", profile, "--out", str(overhead_file)], check=True)
     _live(trace=TRACE, trace_format="auto", rate_scale=args.rate_scale, max_requests=n, window_start_s=0.0,
           window_duration_s=None, max_prompt_tokens=512, max_output_tokens=64, out=live_dir, model_config=None,
           dtype="fp32", device="cpu", seed=0, max_num_batched_tokens=8192, max_num_seqs=256, block_size=16,
           kv_capacity_tokens=None, kv_capacity_blocks=None, watermark_fraction=0.01, ttft_slo_s=1.0,
-          tpot_slo_s=0.1, slo_percentile=90.0, threads=args.threads)
-    its = pd.read_csv(live_dir / "iterations.csv")
+          tpot_slo_s=0.1, slo_percentile=90.0, threads=threads, mode=args.mode)
+    print(f"load average after the live run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     req = pd.read_csv(live_dir / "requests.csv")
     span = float(req["finish_s"].max() - req["arrival_s"].min())
-    print(f"engine busy {its['duration_s'].sum() / span * 100:.0f}% of {span:.1f} s "
-          f"(first arrival to last finish), {len(its)} iterations")
-    cmp = validate(live_dir, val_dir)
+    logs = {"engine": "iterations.csv"} if args.mode == "colocated" else {
+        "prefill worker": "iterations_prefill.csv", "decode worker": "iterations_decode.csv"}
+    for label, fname in logs.items():
+        print(busy_line(label, pd.read_csv(live_dir / fname), span) + " (first arrival to last finish)")
+    overrides = {}
+    if overhead_file is not None:
+        overrides = _overhead_option(0.0, overhead_file)
+        print(f"iteration_overhead_s = {overrides['iteration_overhead_s'] * 1e3:.3f} ms from {overhead_file}")
+    cmp = validate(live_dir, val_dir, profile=profile, overrides=overrides)
     print(format_table(cmp))
     print(f"report: {val_dir / 'report.md'}")
 

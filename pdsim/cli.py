@@ -151,7 +151,7 @@ def check(experiment: Annotated[Path, typer.Argument(help="Experiment YAML.")],
         for pool in plan.pools:
             kinds = "+".join(pool.latency_source_kinds)
             latency = f"{pool.latency_source[0]} ({'[yellow]' + kinds + '[/]' if pool.derived else kinds})"
-            t.add_row(plan.name, pool.role, pool.gpu.name, str(pool.tp), str(pool.pp), str(pool.instances), latency,
+            t.add_row(plan.name, pool.role, pool.gpu_label, str(pool.tp), str(pool.pp), str(pool.instances), latency,
                       f"{pool.weight_bytes_per_gpu / 2**30:.1f}", f"{pool.capacity_tokens:,}", f"{pool.usd_per_hour:,.2f}")
     console.print(t)
 
@@ -163,6 +163,7 @@ from pdsim.live.replay_cli import replay_command  # noqa: E402  (httpx, no torch
 from pdsim.live.validate import validate_command  # noqa: E402  (no torch)
 from pdsim.live.server import serve_command  # noqa: E402  (imports torch only when run)
 from pdsim.sweep.cli import sweep_command  # noqa: E402  (imports the simulator only when run)
+from pdsim.search.cli import search_command  # noqa: E402  (imports the simulator only when run)
 
 app.add_typer(profiles_app, name="profiles")
 app.command("profile")(profile_command)
@@ -171,6 +172,7 @@ app.command("replay")(replay_command)
 app.command("validate")(validate_command)
 app.command("serve")(serve_command)
 app.command("sweep")(sweep_command)
+app.command("search")(search_command)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 - ``config.resolved.yaml``: the validated experiment with every default filled in (plus the seed used);
 - ``manifest.json``: pdsim version, git sha when available, seed, command line, sha256 of every trace
-  and profile used, the resolved deployments (KV capacity, memory budget, price), latency lookups out
+  and profile used, the resolved deployments (KV capacity, memory budget, price), each workload's arrival
+  process (open loop and its request count, or closed loop and its clients), latency lookups out
   of the measured range per pair, wall time;
 - ``requests.parquet`` and ``requests.csv``: ``pdsim.metrics.records.REQUEST_COLUMNS``;
 - ``summary.csv``: ``pdsim.metrics.summary.SUMMARY_COLUMNS``;
@@ -29,6 +30,7 @@ from pdsim.core.hashing import sha256_file
 from pdsim.config.load import LoadedExperiment
 from pdsim.config.workload import TraceLengths, TraceWorkload
 from pdsim.sim.runner import RunResult
+from pdsim.workload.build import describe_workload
 
 
 def git_sha(start: Path) -> str | None:
@@ -56,11 +58,11 @@ def input_files(exp: LoadedExperiment, result: RunResult) -> dict[str, str]:
         if isinstance(lengths, TraceLengths):
             paths.add(exp.resolve(lengths.path))
     for plan in result.plans:
-        for pool in plan.pools:
-            if pool.latency_source[0] == "splitwise_table":
-                paths.add(Path(pool.latency_source[1]))
-            elif pool.latency_source[0] == "op_level":
-                for prof_dir in pool.latency_source[1]:
+        for source in [s for pool in plan.pools for s in (pool.latency_source, *(st.latency_source for st in pool.stages))]:
+            if source[0] == "splitwise_table":
+                paths.add(Path(source[1]))
+            elif source[0] == "op_level":
+                for prof_dir in source[1]:
                     paths.add(Path(prof_dir) / "profile.yaml")
                     paths.update(Path(prof_dir) / f"{t}.parquet" for t in _profile_tables(prof_dir))
     return {str(p): sha256_file(p) for p in sorted(paths)}
@@ -98,6 +100,7 @@ def write_run_dir(out: Path, exp: LoadedExperiment, result: RunResult, seed: int
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs_sha256": input_files(exp, result),
         "deployments": [p.describe() for p in result.plans],
+        "workloads": {name: describe_workload(wl) for name, wl in result.workloads.items()},
         "latency_lookups": result.latency_stats,
         "wall_s": result.wall_s,
     }

@@ -91,7 +91,7 @@ def _resolve(req: ProfileRequest, gpu: bool) -> ProfileRequest:
     if unknown:
         raise ConfigError(f"--dtypes: unknown dtype(s) {unknown}; expected some of {list(DTYPES)}")
     tables = req.tables or TABLE_ORDER
-    bad = [t for t in tables if t not in TABLES]
+    bad = [t for t in tables if t not in TABLE_ORDER]  # the tables this tool measures (not moe)
     if bad:
         raise ConfigError(f"--tables: unknown table(s) {bad}; expected some of {list(TABLE_ORDER)}")
     if req.threads is not None and req.threads < 1:

@@ -99,7 +99,15 @@ def make_aiconfigurator_tree(root: Path, system: str = "h100_sxm") -> Path:
         "kernel_source": ["vLLM_custom_graph", "vLLM_custom_eager", "vLLM_custom_graph"],
         "allreduce_dtype": ["bfloat16"] * 3, "num_gpus": [2, 2, 8], "message_size": [128, 128, 8192],
         "latency": [0.004, 0.020, 0.006], "backend": ["vllm_graph", "vllm_eager", "vllm_graph"]})
-    _write(data / "moe/vllm/0.24.0/moe_perf.parquet", {**_common("moe", "x", 1), "latency": [1.0]})
+    # moe: balanced bf16 / fp8 rows are kept; fp8_block and power-law rows are dropped (tests/test_moe.py)
+    _write(data / "moe/vllm/0.24.0/moe_perf.parquet", {
+        **_common("moe", "vllm_unquantizedfusedmoe_triton_tritonexperts", 5),
+        "moe_dtype": ["bfloat16", "bfloat16", "fp8", "fp8_block", "bfloat16"],
+        "num_tokens": [1, 8, 1, 1, 1], "hidden_size": [4096] * 5, "inter_size": [14336] * 5, "topk": [2] * 5,
+        "num_experts": [8] * 5, "moe_tp_size": [2] * 5, "moe_ep_size": [1] * 5,
+        "distribution": ["balanced", "balanced", "balanced", "balanced", "power_law_1.01"],
+        "latency": [0.16, 0.49, 0.37, 0.3, 0.15]})
+    (data / "mla").mkdir()  # a table kind the format has not: named in the notes
     return root
 
 
@@ -178,7 +186,7 @@ def test_aiconfigurator_meta_and_provenance(aic, tmp_path):
     assert any(f.endswith("gemm/vllm/0.24.0/gemm_perf.parquet") for f in m.source.files)
     assert m.software.framework == "vllm 0.24.0" and m.software.nccl == "2.29.2"
     assert m.command.startswith("pdsim profiles import aiconfigurator ") and "--system h100_sxm" in m.command
-    assert "moe" in m.notes  # skipped tables are named
+    assert "not imported: mla" in m.notes  # skipped tables are named
     again = load_profile(aic.path)
     for t in again.meta.tables:
         assert len(again.table(t)) == again.meta.tables[t].rows

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pdsim.core.kv import KVBlockManager, blocks_for
 from pdsim.core.request import Phase, Request
 from pdsim.errors import ConfigError, InvariantViolation
-from pdsim.routing.routers import JoinShortestQueueRouter, RoundRobinRouter, make_router
+from pdsim.routing.routers import LeastTokensRouter, RoundRobinRouter, make_router
 from pdsim.scheduling.batch import (
     ColocatedScheduler,
     DecodeOnlyScheduler,
@@ -369,11 +369,11 @@ def test_round_robin_cycles():
 
 
 @pytest.mark.parametrize("loads,expected", [([5, 3, 3, 7], 1), ([0, 0, 0], 0), ([9, 8, 7, 7], 2), ([4], 0), ([2, 1], 1)])
-def test_jsq_picks_lowest_load_lowest_index(loads, expected):
-    assert JoinShortestQueueRouter().choose([_Inst(v) for v in loads], 0.0) == expected
+def test_least_tokens_picks_lowest_load_lowest_index(loads, expected):
+    assert LeastTokensRouter().choose([_Inst(v) for v in loads], 0.0) == expected
 
 
 def test_make_router():
-    assert make_router("jsq").name == "jsq" and make_router("round_robin").name == "round_robin"
+    assert make_router("least_tokens").name == "least_tokens" and make_router("round_robin").name == "round_robin"
     with pytest.raises(ConfigError):
         make_router("random")

@@ -150,6 +150,7 @@ def test_cli_writes_run_directory(tmp_path, small_cfg_path):
     (["--rate-scale", "0"], "rate_scale"),
     (["--trace", "missing.csv"], "trace file not found"),
     (["--kv-capacity-tokens", "64", "--kv-capacity-blocks", "4"], "not both"),
+    (["--kv-capacity-tokens", str(10**13)], "the model does not fit on cpu: engine: weights"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, args, message):
     base = ["live", "--trace", "traces/tiny/tiny.csv", "--max-requests", "3", "--out", str(tmp_path / "x")]

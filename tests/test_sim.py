@@ -59,7 +59,7 @@ def latency(kind: str, iteration_s: float = 0.05) -> dict:
     return {"kind": "constant", "iteration_s": iteration_s}
 
 
-def pool(gpu="A100-80GB-SXM", tp=8, instances=1, router="jsq", lat=None, kv_blocks=None, **sched) -> dict:
+def pool(gpu="A100-80GB-SXM", tp=8, instances=1, router="least_tokens", lat=None, kv_blocks=None, **sched) -> dict:
     p = {"gpu": gpu, "tp": tp, "instances": instances, "router": router, "latency": lat or latency("table")}
     if kv_blocks is not None:
         sched["activation_reserve_gib"] = activation_gib_for(kv_blocks, tp)
@@ -128,7 +128,7 @@ def scenarios(draw):
     def a_pool(gpu):
         return pool(
             gpu=gpu, tp=draw(st.sampled_from([4, 8])), instances=draw(st.integers(1, 3)),
-            router=draw(st.sampled_from(["jsq", "round_robin"])),
+            router=draw(st.sampled_from(["least_tokens", "round_robin"])),
             lat=latency(lat_kind, draw(st.sampled_from([0.005, 0.03, 0.2]))),
             kv_blocks=draw(kv_choices),
         )
@@ -142,6 +142,10 @@ def scenarios(draw):
         "max_num_seqs": draw(st.integers(1, 32)),
         "max_num_batched_tokens": mnbt,
         "max_window_iterations": draw(st.sampled_from([1, 1_000_000])),
+        "enable_chunked_prefill": draw(st.booleans()),
+        "long_prefill_token_threshold": draw(st.sampled_from([0, 64, 700])),
+        "preemption_mode": draw(st.sampled_from(["recompute", "swap"])),
+        "swap_space_gib": draw(st.sampled_from([0.05, 4.0])),
     }
     return rows, dep, scheduler
 
@@ -160,8 +164,9 @@ def check_invariants(plan, wl: pd.DataFrame, sim) -> pd.DataFrame:
     pools = plan.pools
     for r in df.itertuples(index=False):
         p, o = r.prompt_tokens, r.output_tokens
-        too_long = p + o > CONTEXT
-        over_budget = any(p + o - 1 > pl.scheduler.max_num_batched_tokens for pl in pools)
+        too_long = p + o > (plan.max_context_tokens or CONTEXT)
+        over_budget = any(not pl.scheduler.enable_chunked_prefill and p + o - 1 > pl.scheduler.max_num_batched_tokens
+                          for pl in pools)
         over_kv = any(
             blocks_for(p if pl.role == "prefill" else p + o, pl.scheduler.block_size) > pl.capacity_blocks - pl.watermark_blocks
             for pl in pools)
@@ -193,6 +198,7 @@ def check_invariants(plan, wl: pd.DataFrame, sim) -> pd.DataFrame:
     assert (inst.kv_peak_blocks <= inst.kv_capacity_blocks).all()
     assert (inst.events <= inst.iterations).all()
     assert int(inst.preemptions.sum()) == int(df.preemptions.sum())
+    assert int(inst.swaps.sum()) == int(df.swaps.sum()) and (df.swaps <= df.preemptions).all()
     if plan.kind == "disaggregated":
         assert (multi.kv_transfer_s > 0).all()
         assert done[done.output_tokens == 1].kv_transfer_s.isna().all()
@@ -295,7 +301,7 @@ def test_windows_exact_under_memory_pressure(tmp_path):
     kind=st.sampled_from(["colocated", "disaggregated"]),
     kv_blocks=st.sampled_from([None, 40, 80]),
     instances=st.integers(1, 3),
-    router=st.sampled_from(["jsq", "round_robin"]),
+    router=st.sampled_from(["least_tokens", "round_robin"]),
     seqs=st.integers(1, 16),
 )
 def test_windows_exact_with_arrivals_on_iteration_boundaries(reqs, kind, kv_blocks, instances, router, seqs):

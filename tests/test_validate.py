@@ -1,10 +1,13 @@
 """``pdsim validate``: a tiny live run of the default tiny Llama (2 threads, matching the committed
 cpu-epyc-2c profile) is simulated request for request; the report exists, every relative error is finite,
-the simulated run has the live run's requests and tokens; bad input exits 2 with one ``error:`` line."""
+the simulated run has the live run's requests and tokens; a disaggregated run (1 thread per worker) is
+simulated as a prefill and a decode instance on cpu-epyc-1t linked by its measured gloo table; a
+validation experiment YAML runs the live side first; bad input exits 2 with one ``error:`` line."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,3 +81,104 @@ def test_bad_input_exits_2(live_run, tmp_path):
     assert code == 2 and "num_threads 97" in lines[0]
     code, lines = _err(runner.invoke(app, ["validate", "--live-run", str(bad), "--profile", "no-such-profile"]))
     assert code == 2 and len(lines) == 1
+
+
+@pytest.fixture(scope="module")
+def disagg_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("live-disagg") / "run"
+    res = runner.invoke(app, ["live", "--mode", "disaggregated", "--trace", "traces/tiny/tiny.csv", "--rate-scale", "4",
+                              "--max-requests", "12", "--max-prompt-tokens", "48", "--max-output-tokens", "8",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_validate_disaggregated_run(disagg_run, tmp_path):
+    """One thread per worker picks the 1-thread CPU profile; the simulated deployment is one prefill and
+    one decode instance joined by the profile's measured gloo send/recv table."""
+    out = tmp_path / "val"
+    overhead = tmp_path / "overhead.json"
+    overhead.write_text(json.dumps({"iteration_overhead_s": 0.0005, "method": "a test figure"}))
+    res = runner.invoke(app, ["validate", "--live-run", str(disagg_run), "--out", str(out),
+                              "--overhead-file", str(overhead)])
+    assert res.exit_code == 0, res.output
+    report = (out / "report.md").read_text()
+    assert "one prefill and one decode instance (disaggregated)" in report
+    assert "cpu-epyc-1t" in report and "send_recv gloo" in report and "a test figure" in report
+    assert "iteration_overhead_s = 0.500 ms" in report
+    assert "- prefill: same iteration shapes" in report and "- decode: same iteration shapes" in report
+    cmp = pd.read_csv(out / "comparison.csv")
+    assert set(cmp["metric"]) == {"TTFT", "TPOT", "ITL", "E2E"} and np.isfinite(cmp["rel_error"]).all()
+    live = pd.read_csv(disagg_run / "requests.csv")
+    sim = pd.read_csv(out / "requests.csv")
+    assert sorted(sim["request_id"]) == sorted(live["request_id"]) and (sim["status"] == "completed").all()
+    multi = sim["output_tokens"] > 1
+    assert sim.loc[multi, "kv_transfer_s"].gt(0).all() and sim.loc[~multi, "kv_transfer_s"].isna().all()
+    assert (sim.loc[multi, "kv_transfer_bytes"] == live.loc[live["output_tokens"] > 1, "kv_transfer_bytes"].to_numpy()).all()
+    assert pd.read_csv(out / "summary.csv").loc[0, "kind"] == "disaggregated"
+
+
+def test_measured_link_interpolates_the_table():
+    from pdsim.live.validate import MeasuredLink
+
+    link = MeasuredLink("gloo", (1000, 2000, 4000), (1e-4, 2e-4, 3e-4), "test")
+    assert link.transfer_s(10) == 1e-4 and link.transfer_s(1000) == 1e-4
+    assert link.transfer_s(1500) == pytest.approx(1.5e-4) and link.transfer_s(3000) == pytest.approx(2.5e-4)
+    assert link.transfer_s(8000) == pytest.approx(3e-4 + 4000 * (1e-4 / 2000))  # last slope extended
+    assert link.latency_s == 1e-4 and link.bandwidth_gbps == pytest.approx(4000 * 8 / 3e-4 / 1e9)
+
+
+def test_bad_overhead_input_exits_2(live_run, tmp_path):
+    bad = tmp_path / "o.json"
+    bad.write_text("{}")
+    code, lines = _err(runner.invoke(app, ["validate", "--live-run", str(live_run), "--overhead-file", str(bad)]))
+    assert code == 2 and len(lines) == 1 and "iteration_overhead_s" in lines[0]
+    code, lines = _err(runner.invoke(app, ["validate", "--live-run", str(live_run), "--iteration-overhead-s", "-1"]))
+    assert code == 2 and "must be a finite number >= 0, got -1" in lines[0]
+
+
+def test_validate_experiment_yaml(tmp_path):
+    """`pdsim validate EXPERIMENT.yaml`: runs the trace live as the file says, then the validation (the CI
+    version: a dozen requests; the full one is experiments/validate_cpu*.yaml)."""
+    exp = tmp_path / "v.yaml"
+    exp.write_text(
+        "name: ci\nmode: colocated\ntrace: " + str(Path("traces/tiny/tiny.csv").resolve()) + "\n"
+        "max_requests: 12\nrate_scale: 4\nmax_prompt_tokens: 48\nmax_output_tokens: 8\nthreads: 2\n"
+        "engine: {kv_capacity_tokens: 4096}\nprofile: {name: cpu-epyc-2c}\n"
+        "iteration_overhead: {value_s: 0.0002}\nslo: {ttft_s: 2.0, tpot_s: 0.5}\nout: run\n")
+    old = torch.get_num_threads()
+    try:
+        res = runner.invoke(app, ["validate", str(exp)])
+    finally:
+        torch.set_num_threads(old)
+    assert res.exit_code == 0, res.output
+    assert "| TTFT | P50 |" in res.output
+    out = tmp_path / "run"  # `out` is relative to the YAML's directory
+    man = json.loads((out / "live" / "manifest.json").read_text())
+    assert man["config"]["kv_capacity_blocks"] == 4096 // 16 and man["threads"] == 2 and man["slo"]["ttft_s"] == 2.0
+    assert len(pd.read_csv(out / "live" / "requests.csv")) == 12
+    cmp = pd.read_csv(out / "validate" / "comparison.csv")
+    assert np.isfinite(cmp["rel_error"]).all()
+    report = (out / "validate" / "report.md").read_text()
+    assert "iteration_overhead_s = 0.200 ms" in report and "iteration_overhead.value_s" in report
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: x\ntrace: t.csv\nmode: split\n", "mode: Input should be 'colocated' or 'disaggregated', got 'split'"),
+    ("name: x\ntrace: t.csv\nbogus: 1\n", "bogus: Extra inputs are not permitted"),
+    ("name: x\ntrace: t.csv\niteration_overhead: {value_s: 0.1, measure: true}\n", "give one of iteration_overhead"),
+    ("name: x\ntrace: t.csv\niteration_overhead: {file: nope.json}\n", "iteration_overhead.file: file not found"),
+    ("[1, 2]\n", "expected a mapping"),
+])
+def test_validate_experiment_bad_input_exits_2(tmp_path, body, message):
+    exp = tmp_path / "v.yaml"
+    exp.write_text(body)
+    code, lines = _err(runner.invoke(app, ["validate", str(exp)]))
+    assert code == 2 and len(lines) == 1 and str(exp) in lines[0] and message in lines[0], lines
+
+
+def test_validate_needs_exactly_one_input(live_run, tmp_path):
+    code, lines = _err(runner.invoke(app, ["validate"]))
+    assert code == 2 and "one of them" in lines[0]
+    code, lines = _err(runner.invoke(app, ["validate", str(tmp_path / "v.yaml"), "--live-run", str(live_run)]))
+    assert code == 2 and "one of them" in lines[0]

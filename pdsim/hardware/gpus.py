@@ -33,6 +33,7 @@ class GpuSpec:
         intra_node_gbps_unidir: intra-node GPU-to-GPU bandwidth per GPU per direction, GB/s.
         tdp_w: board power (NaN when unpublished).
         price_usd_per_hour: approximate on-demand price per GPU-hour (NaN when none is known).
+        pcie_gen: PCIe generation of the GPU's host link (column ``pcie_gen``; 0 when unknown).
     """
 
     name: str
@@ -44,11 +45,30 @@ class GpuSpec:
     intra_node_gbps_unidir: float
     tdp_w: float
     price_usd_per_hour: float
+    pcie_gen: int = 0
+
+    @property
+    def host_link_gbps(self) -> float:
+        """Raw per-direction bandwidth of the GPU's PCIe x16 host link, Gb/s (NaN when unknown).
+
+        PCI-SIG base specifications: 16 / 32 / 64 GT/s per lane for Gen4 / 5 / 6, 16 lanes, 128b/130b
+        encoding for Gen4 and Gen5 (Gen6 FLIT mode is counted at its raw rate). Gen4 x16 = 252 Gb/s
+        (31.5 GB/s). Achieved copy bandwidth is lower (pinned-memory copies reach roughly 80-90 % of it);
+        a profile's measured ``memcpy`` table, where one exists, is the better figure.
+        """
+        rates = {4: 16.0 * 128 / 130, 5: 32.0 * 128 / 130, 6: 64.0}
+        return rates[self.pcie_gen] * 16 if self.pcie_gen in rates else math.nan
 
 
 def _float(row: dict[str, str], key: str) -> float:
     value = (row.get(key) or "").strip()
     return float(value) if value else math.nan
+
+
+def _pcie_gen(text: str) -> int:
+    """``Gen5`` or ``Gen6 (per aiconfigurator)`` -> 5 / 6; 0 when absent."""
+    text = text.strip()
+    return int(text[3]) if text.startswith("Gen") and text[3:4].isdigit() else 0
 
 
 def load_gpu_catalog(path: Path | None = None) -> dict[str, GpuSpec]:
@@ -69,6 +89,7 @@ def load_gpu_catalog(path: Path | None = None) -> dict[str, GpuSpec]:
             intra_node_gbps_unidir=_float(row, "intra_node_bw_gbps_unidir_per_gpu"),
             tdp_w=_float(row, "tdp_w"),
             price_usd_per_hour=_float(row, "approx_price_usd_per_gpu_hr"),
+            pcie_gen=_pcie_gen(row.get("pcie_gen") or ""),
         )
     return out
 

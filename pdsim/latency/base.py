@@ -77,6 +77,50 @@ class LatencyModel(Protocol):
         """Count ``iterations`` executed pure-decode iterations at ``batch_size`` in ``stats``."""
         ...
 
+    def stage_times_s(self, shape: BatchShape) -> tuple[float, ...]:
+        """Time each pipeline stage is busy with one pass of a batch of this shape, in stage order.
+
+        One entry per PP stage (a 1-tuple without PP). A stage's time includes sending its activations
+        to the next stage (the hand-off), so the pass takes ``sum(...)`` and a pipeline that keeps one
+        batch per stage in flight completes at most one batch per ``max(...)``. Counts one lookup in
+        ``stats`` like ``iteration_s``. Models without a per-stage composition split the iteration
+        time over the stages in proportion to their layers (``split_by_layers``; even when the PP
+        degree divides the layers).
+        """
+        ...
+
     def describe(self) -> dict:
         """Provenance for the run manifest: source file, its hash, keys and corrections applied."""
         ...
+
+
+def pp_layer_split(num_layers: int, pp: int) -> tuple[int, ...]:
+    """Layers per pipeline stage, as vLLM splits them by default.
+
+    ``num_layers // pp`` each; the remainder adds one layer per stage starting from the second-to-last
+    stage and moving towards the first (the last stage also runs the final norm and the LM head), as
+    ``get_pp_indices`` in vllm-project/vllm ``vllm/distributed/utils.py`` does without
+    ``VLLM_PP_LAYER_PARTITION``: 80 layers over 3 stages -> (27, 27, 26); 61 over 4 -> (15, 15, 16, 15).
+
+    Raises:
+        ValueError: ``pp`` < 1 or more stages than layers.
+    """
+    if pp < 1 or pp > num_layers:
+        raise ValueError(f"pp must be in [1, {num_layers}] (the model's layers), got {pp}")
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    return tuple(parts)
+
+
+def split_by_layers(total_s: float, stage_layers: tuple[int, ...]) -> tuple[float, ...]:
+    """``total_s`` split over stages in proportion to their layers (the default ``stage_times_s``).
+
+    With one stage it is ``(total_s,)`` exactly; with equal layers per stage every stage gets
+    ``total_s / pp``. It ignores that the first stage also embeds and the last runs the LM head, and
+    adds no hand-off time: models that know their ops (``OpLevelModel``) compose stages instead.
+    """
+    if len(stage_layers) == 1:
+        return (total_s,)
+    layers = sum(stage_layers)
+    return tuple(total_s * n / layers for n in stage_layers)

@@ -14,12 +14,35 @@ sequences processes ``T = P + D`` tokens and samples ``S = n_p + D`` of them. It
 
 as vLLM executes a step: every token of the step goes through the linear layers as one flattened
 batch (m = T), the LM head runs only on the sampled positions, and attention is the only op that
-depends on how tokens are grouped into requests. With PP the batch passes the stages one after the
-other (no micro-batching here; the ``L`` layers are split over stages but all are on the path), so the
-stage hand-offs add to the time. Shard shapes per GPU: QKV ``n = (ceil(h/t) + 2 max(1, ceil(kv/t))) d``,
+depends on how tokens are grouped into requests. With PP, ``iteration_s`` is one pass of the batch
+through all stages (all ``L`` layers and the ``p - 1`` hand-offs on its path); ``stage_times_s`` splits
+it: stage ``i`` with ``L_i`` layers (vLLM's split, ``pdsim.latency.base.pp_layer_split``, or the pool's
+``stages``) is busy for
+
+    t_i = L_i x [per-layer ops at T, as above] + L_i x (attention_prefill + attention_decode)
+        + [i = 0] (iteration_overhead_s + embedding(T))
+        + [i < p-1] send_recv(T x hidden x bytes)                 (hand-off to stage i+1)
+        + [i = p-1] (norm(S) + gemm(S, lm_head) + all_gather(...))
+
+so ``sum_i t_i`` is ``t_iter`` (tests/test_pipeline.py checks it); the engine keeps one batch per stage
+in flight (pdsim/sim/instance.py, docs/pipeline.md). Shard shapes per GPU: QKV ``n = (ceil(h/t) + 2 max(1, ceil(kv/t))) d``,
 ``k = hidden``; O ``n = hidden, k = ceil(h/t) d``; gate_up ``n = 2 ceil(I/t)`` (``ceil(I/t)`` for a non-gated
 MLP), ``k = hidden``; down ``n = hidden, k = ceil(I/t)``; LM head ``n = ceil(V/t), k = hidden``
 (Megatron-LM's column/row-parallel layers, Shoeybi et al. 2019, as vLLM implements them).
+
+Mixture-of-experts models (``ModelSpec.is_moe``, every layer an MoE layer; docs/moe.md): the MLP terms
+``gemm(T, gate_up) + gemm(T, down) + act(T)`` become
+
+    gemm_bf16(T, router: n = E, k = hidden)                   (replicated, unquantised in vLLM)
+    + moe(T)                                                  (the profile's ``moe`` table)
+    + gemm(T, shared_gate_up) + gemm(T, shared_down) + act(T, shared)   (shared experts, if any)
+
+where ``moe(T)`` is vLLM's fused routed-expert kernel for ``T`` tokens at the model's (hidden,
+``moe_intermediate_size``, top-k, E), ``moe_tp_size = t``, ``moe_ep_size = 1`` and balanced routing,
+exact at the measured token counts and a power law (log-log) between them (``MOE_SAMPLES_PER_INTERVAL``);
+above the largest measured count it follows the per-token out-of-range policy below. The all-reduce after
+the MLP stays (vLLM's ``FusedMoE`` reduces its output over TP). A profile list without a ``moe`` table, or
+without the model's shape in it, is an error (no dense fallback). ``breakdown_s`` returns the named parts.
 
 Attention grouping: prefill attention of ``n_p`` requests is looked up as ``n_p`` sequences of equal
 length ``s_eq = sqrt(sum chunk (chunk + 2 cached) / n_p)`` (``BatchShape.prefill_square_tokens``), which
@@ -73,7 +96,7 @@ from scipy.interpolate import RegularGridInterpolator
 
 from pdsim.errors import ProfileError
 from pdsim.hardware.gpus import GpuSpec
-from pdsim.latency.base import BatchShape, LookupStats
+from pdsim.latency.base import BatchShape, LookupStats, pp_layer_split
 from pdsim.latency.interp import ColumnTable, Curve, LogCurve
 from pdsim.models.arch import ModelSpec, dtype_bytes
 from pdsim.profiles.format import LATENCY, Profile
@@ -92,6 +115,15 @@ DEFAULT_ITERATION_OVERHEAD_S = 0.0
 
 _SUBSTITUTE = {"fp16": ("fp16", "bf16"), "bf16": ("bf16", "fp16"), "fp32": ("fp32",), "fp8": ("fp8",)}
 
+# MoE lookups: expert parallelism 1 (vLLM's default: ``enable_expert_parallel`` off, every TP rank holds
+# a 1/TP slice of every expert) and balanced routing (the ``moe`` tables' ``balanced`` rows; docs/moe.md).
+MOE_EP_SIZE = 1
+MOE_DISTRIBUTION = "balanced"
+# Points per measured interval at which the log-log MoE curve is sampled into the per-token curve
+# (piecewise linear between samples; a power law x^a between samples a factor r apart deviates from its
+# chord by at most about a |a - 1| (ln r)^2 / 8 relative, < 0.1% for the aiconfigurator grids, r <= 2^(1/8)).
+MOE_SAMPLES_PER_INTERVAL = 8
+
 
 @dataclass(frozen=True, slots=True)
 class GemmShape:
@@ -107,14 +139,30 @@ def layer_shapes(model: ModelSpec, tp: int) -> tuple[list[GemmShape], GemmShape]
     h, d = model.hidden_size, model.head_dim
     q_heads = math.ceil(model.num_attention_heads / tp)
     kv_heads = model.kv_heads_per_gpu(tp)
-    inter = math.ceil(model.intermediate_size / tp)
     layers = [
         GemmShape("qkv", (q_heads + 2 * kv_heads) * d, h),
         GemmShape("o", h, q_heads * d),
+    ]
+    if model.is_moe:  # routed experts: the ``moe`` table's fused kernel, not GEMMs (module docstring)
+        layers.append(GemmShape("router", model.num_experts, h))  # replicated on every rank
+        if model.shared_expert_intermediate_size:
+            shared = math.ceil(model.shared_expert_intermediate_size / tp)
+            layers += [GemmShape("shared_gate_up", 2 * shared, h), GemmShape("shared_down", h, shared)]
+        if model.shared_expert_gate:
+            layers.append(GemmShape("shared_expert_gate", 1, h))
+        return layers, GemmShape("lm_head", math.ceil(model.vocab_size / tp), h)
+    inter = math.ceil(model.intermediate_size / tp)
+    layers += [
         GemmShape("gate_up" if model.gated_mlp else "up", (2 if model.gated_mlp else 1) * inter, h),
         GemmShape("down", h, inter),
     ]
     return layers, GemmShape("lm_head", math.ceil(model.vocab_size / tp), h)
+
+
+# GEMMs vLLM builds without quantisation (``quant_config=None``) whatever the checkpoint's precision: the
+# MoE router (Mixtral, Qwen2-MoE ``gate``) and Qwen2-MoE's ``shared_expert_gate``; aiconfigurator times
+# its ``router_gemm`` in bf16 likewise (ai-dynamo/aiconfigurator@095f58a5, sdk/models).
+UNQUANTISED_GEMMS = ("router", "shared_expert_gate")
 
 
 class OpLevelModel:
@@ -125,6 +173,8 @@ class OpLevelModel:
             first, an aiconfigurator profile for attention second).
         model: the served model.
         tp, pp: tensor- and pipeline-parallel degrees of one instance.
+        stage_layers: layers per PP stage (``pp`` entries summing to the model's layers); default
+            vLLM's split (``pp_layer_split``).
         dtype, kv_dtype: precisions (``bf16``, ``fp16``, ``fp8``, ``fp32``); ``kv_dtype`` None = ``dtype``
             (bf16 for fp8).
         gpu: the GPU's datasheet (roofline fallbacks); None for a CPU.
@@ -147,6 +197,7 @@ class OpLevelModel:
         gpu: GpuSpec | None = None,
         iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
         all_reduce_backend: str = "auto",
+        stage_layers: tuple[int, ...] | None = None,
     ):
         if not profiles:
             raise ProfileError("op-level latency model: no profile given")
@@ -154,6 +205,14 @@ class OpLevelModel:
             raise ProfileError(f"op-level latency model: tp and pp must be >= 1, got tp={tp} pp={pp}")
         if pp > model.num_layers:
             raise ProfileError(f"op-level latency model: pp={pp} exceeds the model's {model.num_layers} layers")
+        if stage_layers is None:
+            stage_layers = pp_layer_split(model.num_layers, pp)
+        if len(stage_layers) != pp or sum(stage_layers) != model.num_layers or min(stage_layers) < 1:
+            raise ProfileError(
+                f"op-level latency model: stage_layers {list(stage_layers)} must be {pp} stages of >= 1 layer "
+                f"summing to the model's {model.num_layers} layers"
+            )
+        self.stage_layers = tuple(int(n) for n in stage_layers)
         self.profiles = tuple(profiles)
         self.model, self.tp, self.pp, self.gpu = model, tp, pp, gpu
         self.dtype = dtype
@@ -199,20 +258,27 @@ class OpLevelModel:
         gp, gemm = found
         where = self._where(gp, "gemm")
         gdt = self._pick_dtype(gemm, "dtype", self.dtype, where)
-        gemm = gemm[gemm.dtype == gdt]
+        gemm_all, gemm = gemm, gemm[gemm.dtype == gdt]
         self.sources["gemm"] = gp.name
-        curves = {s.name: self._gemm_curve(gemm, s, where) for s in [*shapes, lm_head]}
+        curves = {s.name: self._gemm_curve(gemm, s, where) for s in [*shapes, lm_head] if s.name not in UNQUANTISED_GEMMS}
+        unquantised = [s for s in shapes if s.name in UNQUANTISED_GEMMS]
+        if unquantised:
+            rdt = self._pick_dtype(gemm_all, "dtype", self.attn_dtype, where)
+            for s in unquantised:
+                curves[s.name] = self._gemm_curve(gemm_all[gemm_all.dtype == rdt], s, where)
 
         # Elementwise -------------------------------------------------------------------------------
         q_heads = math.ceil(m.num_attention_heads / self.tp)
         kv_heads = m.kv_heads_per_gpu(self.tp)
-        inter = math.ceil(m.intermediate_size / self.tp)
+        # MLP activation width: the dense MLP's, or the shared experts' (the routed experts' activation
+        # is inside the fused MoE kernel); none for an MoE model without shared experts
+        inter = math.ceil((m.shared_expert_intermediate_size if m.is_moe else m.intermediate_size) / self.tp)
         norm = "layernorm" if m.norm_bias else "rmsnorm"
         act = "silu_mul" if m.gated_mlp else "gelu"
         ew = {
             "norm": self._elementwise(norm, m.hidden_size),
             "add": self._elementwise("add", m.hidden_size),
-            "act": self._elementwise(act, inter),
+            **({"act": self._elementwise(act, inter)} if inter else {}),
             "embedding": self._elementwise("embedding", m.hidden_size),
         }
         if m.rotary:
@@ -226,9 +292,16 @@ class OpLevelModel:
 
         # Per-token curve F_T(T) on the union of every component's breakpoints ------------------------
         comps_t: list[tuple[float, object]] = [(layers, curves[s.name]) for s in shapes]
-        comps_t += [(2 * layers, ew["norm"]), (2 * layers, ew["add"]), (layers, ew["act"]), (1, ew["embedding"])]
+        comps_t += [(2 * layers, ew["norm"]), (2 * layers, ew["add"])]
+        comps_t += [(layers, ew["act"])] if "act" in ew else []
+        comps_t.append((1, ew["embedding"]))
         if "rope" in ew:
             comps_t.append((layers, ew["rope"]))
+        names_t = [s.name for s in shapes] + ["norm", "add"] + (["act"] if "act" in ew else []) + ["embedding"]
+        names_t += ["rope"] if "rope" in ew else []
+        if m.is_moe:
+            comps_t.append((layers, self._moe()))
+            names_t.append("moe")
         grid_t = set()
         limits_t = []
         for _, c in comps_t:
@@ -254,6 +327,21 @@ class OpLevelModel:
         for mult, op, bpt in per_token_bytes_ops:
             total += mult * np.asarray(op.values([g * bpt for g in grid]))
         self._per_token = Curve(tuple(grid), tuple(float(v) for v in total))
+        # named parts of F_T (``breakdown_s``): (name, multiplicity, op, size units per token)
+        self._parts_t = [(n, mult, c, 1.0) for n, (mult, c) in zip(names_t, comps_t)]
+        self._parts_t += [("all_reduce" if op is ar else "send_recv", mult, op, bpt) for mult, op, bpt in per_token_bytes_ops]
+        if self.pp > 1:  # per-stage parts on the same grid (``stage_times_s``)
+            layer = np.zeros(len(grid))
+            for mult, c in comps_t:
+                if c is not ew["embedding"]:
+                    layer += (mult / layers) * np.asarray(c.values(grid))
+            if ar is not None:
+                layer += 2 * np.asarray(ar.values([g * h_bytes for g in grid]))
+            self._stage_curves = tuple(
+                Curve(tuple(grid), tuple(float(v) for v in vals))
+                for vals in (layer, np.asarray(ew["embedding"].values(grid)),
+                             np.asarray(handoff.values([g * h_bytes for g in grid])))
+            )
 
         # Per-sampled-sequence curve F_S(S): final norm, LM head, logits all-gather -------------------
         comps_s: list[object] = [ew["norm"], curves["lm_head"]]
@@ -272,6 +360,8 @@ class OpLevelModel:
         if ag is not None:
             tot_s += np.asarray(ag.values([g * logits_bytes for g in gs]))
         self._per_sampled = Curve(tuple(gs), tuple(float(v) for v in tot_s))
+        self._parts_s = [("final_norm", 1, ew["norm"], 1.0), ("lm_head", 1, curves["lm_head"], 1.0)]
+        self._parts_s += [("logits_all_gather", 1, ag, float(logits_bytes))] if ag is not None else []
         self.sampled_measured_max = min(c.grid()[1] for c in comps_s)
 
         # Attention ---------------------------------------------------------------------------------
@@ -284,6 +374,52 @@ class OpLevelModel:
         self._decode_oor: dict[int, str] = {}
         self._probe = LookupStats()
         self._components = {"gemm": {s.name: (s.n, s.k) for s in [*shapes, lm_head]}}
+        if m.is_moe:
+            self._components["moe"] = dict(self._moe_key)
+
+    def _moe(self) -> "_Op":
+        """The fused routed-expert kernel of one MoE layer over tokens, from the first profile whose
+        ``moe`` table has the model's shape (module docstring: log-log in tokens between measured points).
+
+        Raises:
+            ProfileError: no profile has a ``moe`` table, or none has rows at the model's shape, dtype,
+                TP and expert parallelism (the message names the profiles, the model and the shape).
+        """
+        m = self.model
+        key = {"hidden_size": m.hidden_size, "inter_size": m.moe_intermediate_size, "topk": m.experts_per_token,
+               "num_experts": m.num_experts, "moe_tp_size": self.tp, "moe_ep_size": MOE_EP_SIZE}
+        self._moe_key = {"distribution": MOE_DISTRIBUTION, **key}
+        shape = ", ".join(f"{k}={v}" for k, v in self._moe_key.items())
+        names = [p.name for p in self.profiles]
+        with_table = [p for p in self.profiles if p.has("moe")]
+        if not with_table:
+            raise ProfileError(
+                f"model {m.name!r} is a mixture-of-experts model and profiles {names} have no 'moe' table "
+                f"(needed: dtype={self.dtype}, {shape}); use a profile with one, e.g. h100_sxm-aiconfigurator "
+                "(gpu_profiles/README.md)"
+            )
+        tried = []
+        for prof in with_table:
+            df = prof.table("moe")
+            dts = [d for d in _SUBSTITUTE.get(self.dtype, (self.dtype,)) if d in set(df.dtype)]
+            rows = df[df.distribution == MOE_DISTRIBUTION]
+            for c, v in key.items():
+                rows = rows[rows[c] == v]
+            for dt in dts:
+                sel = rows[rows.dtype == dt].sort_values("num_tokens")
+                if len(sel):
+                    where = self._where(prof, "moe")
+                    if dt != self.dtype:
+                        self.notes.append(f"{where}: dtype {self.dtype} not measured; {dt} used in its place")
+                    self.sources["moe"] = prof.name
+                    self._moe_key["dtype"] = dt
+                    return _Op.loglog(sel.num_tokens.to_numpy(float), sel[LATENCY].to_numpy(float))
+            near = df[(df.hidden_size == m.hidden_size) & (df.num_experts == m.num_experts)]
+            have = sorted({(str(r.dtype), int(r.moe_tp_size), int(r.moe_ep_size)) for r in near.itertuples()})
+            tried.append(f"{prof.name!r} (same hidden size and experts measured at (dtype, moe_tp_size, moe_ep_size) {have or 'none'})")
+        raise ProfileError(
+            f"model {m.name!r}: no 'moe' rows at dtype={self.dtype}, {shape} in profiles {', '.join(tried)}"
+        )
 
     def _gemm_curve(self, gemm: pd.DataFrame, shape: GemmShape, where: str) -> "_Op":
         """Time of ``shape`` over m, from the table (exact, interpolated or scaled; see module docstring)."""
@@ -497,6 +633,56 @@ class OpLevelModel:
             t += self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, st, "decode_attention")
         return t
 
+    def stage_times_s(self, shape: BatchShape) -> tuple[float, ...]:
+        """Time each PP stage is busy with one pass of ``shape`` (module docstring); ``(iteration_s,)``
+        without PP. Counts one lookup."""
+        if self.pp == 1:
+            return (self.iteration_s(shape),)
+        n_p, d = shape.prefill_seqs, shape.decode_seqs
+        if n_p == 0 and d == 0:
+            raise ValueError("empty batch")
+        st = self.stats
+        st.lookups += 1
+        tokens = shape.prefill_tokens + d
+        if tokens > self.tokens_measured_max:
+            st.out_of_range("tokens_above")
+        layer_c, embed_c, handoff_c = self._stage_curves
+        per_layer = _proportional_above(layer_c, float(tokens))
+        if shape.prefill_tokens:
+            square = shape.prefill_square_tokens or shape.prefill_tokens ** 2 / max(n_p, 1)
+            s_eq = math.sqrt(square / max(n_p, 1))
+            per_layer += self._prefill_attn_scale * self._prefill_attn.at(max(n_p, 1), s_eq, st, "prefill_attention")
+        if d:
+            per_layer += self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, st, "decode_attention")
+        first = self.iteration_overhead_s + _proportional_above(embed_c, float(tokens))
+        handoff = _proportional_above(handoff_c, float(tokens))
+        last = self._sampled_s(n_p + d, st)
+        end = self.pp - 1
+        return tuple(
+            n * per_layer + (first if i == 0 else 0.0) + (handoff if i < end else last)
+            for i, n in enumerate(self.stage_layers)
+        )
+
+    def breakdown_s(self, shape: BatchShape) -> dict[str, float]:
+        """The parts of ``iteration_s(shape)`` in seconds, each summed over the layers it runs in: the
+        overhead, every per-token op at ``T`` tokens (GEMMs by name, ``moe``, elementwise ops,
+        ``all_reduce``, ``send_recv``), every per-sampled op at ``S`` sequences (``final_norm``, ``lm_head``,
+        ``logits_all_gather``) and the attention of the batch. Their sum is ``iteration_s(shape)`` up to
+        rounding (each op is piecewise linear on the breakpoints its sum is tabulated on). Counts nothing."""
+        n_p, d = shape.prefill_seqs, shape.decode_seqs
+        tokens, seqs = shape.prefill_tokens + d, n_p + d
+        out = {"iteration_overhead": self.iteration_overhead_s}
+        for parts, size in ((self._parts_t, tokens), (self._parts_s, seqs)):
+            for name, mult, op, unit in parts:
+                out[name] = out.get(name, 0.0) + mult * op.values([size * unit])[0]
+        if shape.prefill_tokens:
+            square = shape.prefill_square_tokens or shape.prefill_tokens ** 2 / max(n_p, 1)
+            s_eq = math.sqrt(square / max(n_p, 1))
+            out["attention_prefill"] = self._layers * self._prefill_attn_scale * self._prefill_attn.at(max(n_p, 1), s_eq, None, "")
+        if d:
+            out["attention_decode"] = self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, None, "")
+        return out
+
     def prefill_s(self, prompt_tokens: int, batch_size: int = 1) -> float:
         """Time of a pure-prefill iteration of ``batch_size`` prompts of ``prompt_tokens`` each."""
         return self.iteration_s(
@@ -511,12 +697,14 @@ class OpLevelModel:
             "model": self.model.name,
             "tp": self.tp,
             "pp": self.pp,
+            **({"stage_layers": list(self.stage_layers)} if self.pp > 1 else {}),
             "dtype": self.dtype,
             "kv_dtype": self.kv_dtype,
             "iteration_overhead_s": self.iteration_overhead_s,
             "all_reduce_backend": self.all_reduce_backend,
             "sources": dict(self.sources),
             "gemm_shapes": self._components["gemm"],
+            **({"moe_shape": self._components["moe"]} if "moe" in self._components else {}),
             "tokens_measured_max": self.tokens_measured_max,
             "notes": list(self.notes),
         }
@@ -544,6 +732,23 @@ class _Op:
         ys = np.asarray(ys, float)
         order = np.argsort(xs, kind="stable")
         return cls(Curve(tuple(float(v) for v in xs[order]), tuple(float(v) for v in ys[order])))
+
+    @classmethod
+    def loglog(cls, xs, ys, samples: int = MOE_SAMPLES_PER_INTERVAL) -> "_Op":
+        """Measured points (x increasing, > 0) joined by power laws (linear in log x, log y), sampled
+        ``samples`` times per interval; exact at the measured points."""
+        xs = [float(v) for v in xs]
+        ys = [float(v) for v in ys]
+        out_x, out_y = [xs[0]], [ys[0]]
+        for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]):
+            slope = math.log(y1 / y0) / math.log(x1 / x0)
+            for j in range(1, samples):
+                x = x0 * (x1 / x0) ** (j / samples)
+                out_x.append(x)
+                out_y.append(y0 * (x / x0) ** slope)
+            out_x.append(x1)
+            out_y.append(y1)
+        return cls(Curve(tuple(out_x), tuple(out_y)))
 
     @classmethod
     def linear(cls, const_s: float, slope_s: float) -> "_Op":

@@ -47,7 +47,7 @@ import pandas as pd
 
 from pdsim.core.hashing import sha256_file
 from pdsim.errors import ProfileError
-from pdsim.latency.base import BatchShape, LookupStats
+from pdsim.latency.base import BatchShape, LookupStats, split_by_layers
 from pdsim.latency.interp import Curve
 
 REQUIRED_COLUMNS = ("model", "hardware", "prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel")
@@ -100,14 +100,19 @@ class SplitwiseTableModel:
             ``a100-80gb``).
         tensor_parallel: the file's ``tensor_parallel`` value.
         scale: a named multiplicative correction (default 1.0), recorded in the manifest.
+        stage_layers: layers per pipeline stage (default one stage). The measurements are of whole
+            TP instances without PP, so a stage's time is the iteration time split in proportion to
+            its layers (``split_by_layers``: no embedding / LM-head asymmetry, no hand-off time).
 
     Raises:
         ProfileError: no rows for the keys, synthetic hardware rows asked for, or a non-monotone
             prefill curve.
     """
 
-    def __init__(self, path: Path, model_key: str, hardware_key: str, tensor_parallel: int, scale: float = 1.0):
+    def __init__(self, path: Path, model_key: str, hardware_key: str, tensor_parallel: int, scale: float = 1.0,
+                 stage_layers: tuple[int, ...] = (1,)):
         path = Path(path)
+        self.stage_layers = tuple(int(n) for n in stage_layers)
         if hardware_key in SYNTHETIC_HARDWARE:
             raise ProfileError(f"{path}: hardware {hardware_key!r} is not usable: {SYNTHETIC_HARDWARE[hardware_key]}")
         df = load_splitwise_table(path)
@@ -202,8 +207,12 @@ class SplitwiseTableModel:
             t = max(t, self.decode_s(shape.decode_seqs, shape.decode_context_tokens))
         return t
 
+    def stage_times_s(self, shape: BatchShape) -> tuple[float, ...]:
+        """The iteration time split over the stages in proportion to their layers."""
+        return split_by_layers(self.iteration_s(shape), self.stage_layers)
+
     def describe(self) -> dict:
-        return {
+        out = {
             "kind": "splitwise_table",
             "path": str(self.path),
             "sha256": self._sha256,
@@ -216,5 +225,8 @@ class SplitwiseTableModel:
             "prefill_token_range": [self._prefill.x[0], self._prefill.x[-1]],
             "decode_batch_range": [self._decode_batch.x[0], self._decode_batch.x[-1]],
         }
+        if len(self.stage_layers) > 1:
+            out["stage_layers"] = list(self.stage_layers)
+        return out
 
 

@@ -1,4 +1,6 @@
 """The reference serving engine, colocated mode: continuous batching on ``LlamaModel``, in real time.
+(The disaggregated mode, a prefill and a decode worker process built on ``EngineCore``, is
+``pdsim.live.disagg``.)
 
 ``LiveEngine`` replays a workload (the frame ``pdsim.workload.build_workload`` returns) on the wall
 clock: arrivals are honoured in real time, and the loop reads like the simulator's instance loop::
@@ -48,7 +50,7 @@ import pandas as pd
 from pdsim.core.kv import KVBlockManager, blocks_for
 from pdsim.core.request import Request
 from pdsim.errors import ConfigError, InvariantViolation
-from pdsim.scheduling.batch import ColocatedScheduler, SchedulerLimits
+from pdsim.scheduling.batch import BatchScheduler, ColocatedScheduler, Completion, SchedulerLimits
 
 DEFAULT_MODEL_CONFIG = "pdsim/data/model_configs/pdsim-tiny-llama.json"
 """The default model: pdsim's tiny synthetic Llama (resolved from the installed package)."""
@@ -56,8 +58,15 @@ DEFAULT_MODEL_CONFIG = "pdsim/data/model_configs/pdsim-tiny-llama.json"
 ITERATION_COLUMNS = [
     "iteration", "start_s", "duration_s", "prefill_tokens", "prefill_seqs", "decode_seqs",
     "decode_context_tokens", "kv_blocks_used", "kv_capacity_blocks", "kv_tokens_cached", "preempted",
+    "host_s",
 ]
-"""Columns of ``iterations.csv`` (one row per engine iteration; times in seconds from the start)."""
+"""Columns of ``iterations.csv`` (one row per engine iteration; times in seconds from the start).
+
+``duration_s`` is the wall time of ``LlamaModel.step`` (the forward pass and the greedy sampling);
+``host_s`` the wall time the engine spent on the iteration outside it (forming the batch in the
+scheduler, mirroring preemptions into the model, building the inputs, applying the outcome, freeing
+finished sequences; for a prefill worker also exporting the KV of the requests handed off), so one
+iteration of the loop costs ``duration_s + host_s``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,8 @@ class EngineConfig:
         block_size: tokens per KV block.
         kv_capacity_blocks: KV blocks of the instance (capacity in tokens = blocks x block_size).
         watermark_fraction: fraction of the blocks kept free when admitting new prefills.
+        memory_bytes: memory the engine may use on its device for weights and KV cache (None: what is
+            available when it starts, ``available_memory_bytes``); a model that does not fit is refused.
     """
 
     model_config: str | None = None
@@ -86,8 +97,11 @@ class EngineConfig:
     block_size: int = 16
     kv_capacity_blocks: int = 2048
     watermark_fraction: float = 0.01
+    memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
+        if self.memory_bytes is not None and (not isinstance(self.memory_bytes, int) or self.memory_bytes < 1):
+            raise ConfigError(f"memory_bytes must be an integer >= 1 or None, got {self.memory_bytes!r}")
         for name in ("max_num_batched_tokens", "max_num_seqs", "block_size", "kv_capacity_blocks"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -119,6 +133,97 @@ def load_model_config(path: str | Path | None) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError(f"model config {p}: expected a JSON object, got {type(cfg).__name__}")
     return cfg
+
+
+def available_memory_bytes(device: str) -> int:
+    """Memory available for a new engine on ``device``: on a CPU the kernel's ``MemAvailable``
+    (``/proc/meminfo``, Linux), else total physical memory (``os.sysconf``); on CUDA the free memory
+    ``torch.cuda.mem_get_info`` reports."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def memory_need_bytes(config: EngineConfig, hf: dict[str, Any]) -> tuple[int, int]:
+    """(weight bytes, KV cache bytes) of one engine: the weights as ``ModelSpec.weight_bytes_per_gpu``
+    counts them (tp = pp = 1), the KV as ``kv_capacity_tokens x kv_bytes_per_token`` (2 x layers x
+    kv_heads x head_dim x dtype bytes; DESIGN.md). The model's slot pool can hold more than the logical
+    capacity (every slot has the longest sequence's capacity), so this is a lower bound.
+
+    Raises:
+        ConfigError: the config cannot be read as a model, or an unknown dtype.
+    """
+    from pdsim.models.arch import dtype_bytes, model_from_hf_config
+
+    spec = model_from_hf_config(str(config.model_config or "pdsim-tiny-llama"), hf, where="model config")
+    nbytes = dtype_bytes(config.dtype)
+    return spec.weight_bytes_per_gpu(1, 1, nbytes), config.kv_capacity_tokens * spec.kv_bytes_per_token(nbytes)
+
+
+def check_fits(needs: list[tuple[str, EngineConfig, dict[str, Any]]], memory_bytes: int | None = None) -> None:
+    """Refuse engines whose weights and KV caches together do not fit the memory of their device.
+
+    Args:
+        needs: (label, config, HF config) of every engine sharing the device (the two workers of a
+            disaggregated run on one host share its memory).
+        memory_bytes: the memory to fit in (None: the first config's ``memory_bytes``, else
+            ``available_memory_bytes`` of its device).
+
+    Raises:
+        ConfigError: naming each engine's weights and KV bytes, the total and the memory.
+    """
+    if memory_bytes is None:
+        memory_bytes = needs[0][1].memory_bytes
+    if memory_bytes is None:
+        memory_bytes = available_memory_bytes(needs[0][1].device)
+    parts, total = [], 0
+    for label, config, hf in needs:
+        w, kv = memory_need_bytes(config, hf)
+        total += w + kv
+        parts.append(f"{label}: weights {w / 2**20:.1f} MiB + KV cache {kv / 2**20:.1f} MiB "
+                     f"({config.kv_capacity_tokens} tokens)")
+    if total > memory_bytes:
+        raise ConfigError(f"the model does not fit on {needs[0][1].device}: {'; '.join(parts)} = "
+                          f"{total / 2**20:.1f} MiB > {memory_bytes / 2**20:.1f} MiB available (memory_bytes); "
+                          "use a smaller model or dtype, or lower --kv-capacity-tokens")
+
+
+def check_request(config: EngineConfig, max_positions: int, request_id: int, prompt_tokens: int,
+                  output_tokens: int, *, kv_tokens: int | None = None) -> None:
+    """Refuse a request this engine can never serve (ConfigError naming the value).
+
+    ``kv_tokens``: the KV tokens the request must be able to hold here (default prompt + output; a
+    prefill worker holds only the prompt: ``DeploymentPlan.reject_reason``'s rule per role).
+    """
+    c = config
+    total = prompt_tokens + output_tokens
+    need = total if kv_tokens is None else kv_tokens
+    if total > max_positions:
+        raise ConfigError(
+            f"request {request_id}: prompt_tokens + output_tokens = {total} exceeds the model's "
+            f"max_position_embeddings {max_positions}")
+    if total - 1 > c.max_num_batched_tokens:
+        raise ConfigError(
+            f"request {request_id}: prompt_tokens + output_tokens - 1 = {total - 1} exceeds "
+            f"max_num_batched_tokens {c.max_num_batched_tokens} (no chunked prefill: a preempted "
+            "request re-prefills that many tokens in one iteration); raise --max-num-batched-tokens")
+    usable = c.kv_capacity_blocks - c.watermark_blocks
+    if blocks_for(need, c.block_size) > usable:
+        raise ConfigError(
+            f"request {request_id}: needs {blocks_for(need, c.block_size)} KV blocks "
+            f"({need} tokens, block_size {c.block_size}) but the KV capacity is "
+            f"{c.kv_capacity_blocks} blocks ({c.kv_capacity_tokens} tokens) with {c.watermark_blocks} "
+            "kept free as watermark; raise --kv-capacity-tokens")
 
 
 def prompt_token_ids(seed: int, request_id: int, length: int, vocab_size: int) -> list[int]:
@@ -159,17 +264,22 @@ class LiveResult:
 
 @dataclass(slots=True)
 class Iteration:
-    """One executed engine iteration: the batch, its start and end (s), the requests it finished."""
+    """One executed engine iteration: the batch, its start and end (s), the requests it finished and
+    (prefill role) those it handed off for KV transfer."""
 
     batch: Any
     start_s: float
     end_s: float
     finished: list[Request]
+    handed_off: list[Request] = field(default_factory=list)
 
 
 class EngineCore:
     """The simulator's scheduler and KV block manager driving ``LiveEngine.model``, one iteration at a
-    time; shared by the real-time replay (``LiveEngine.run``) and the HTTP server (``pdsim serve``).
+    time; shared by the real-time replay (``LiveEngine.run``), the HTTP server (``pdsim serve``) and the
+    workers of the disaggregated engine (``pdsim.live.disagg``). The role is the scheduler's type
+    (``make_scheduler``): this class is the colocated one; ``PrefillCore`` and ``DecodeCore`` in
+    ``pdsim.live.disagg`` subclass it.
 
     Args:
         engine: the engine (model and settings).
@@ -184,15 +294,23 @@ class EngineCore:
         c = engine.config
         self.model = engine.model
         self.kv = KVBlockManager(c.kv_capacity_blocks, c.block_size, c.watermark_blocks)
-        self.sched = ColocatedScheduler(self.kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
+        self.sched = self.make_scheduler(self.kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
         self.capacity_tokens = c.kv_capacity_tokens
         self.prompts, self.generated, self.now, self.log = prompts, generated, now, log
         self.held: set[int] = set()  # sequences in the model's KV cache
         self.iterations = 0
 
+    @staticmethod
+    def make_scheduler(kv: KVBlockManager, limits: SchedulerLimits) -> BatchScheduler:
+        """The batch scheduler of this role (colocated)."""
+        return ColocatedScheduler(kv, limits)
+
     def enqueue(self, req: Request) -> None:
         req.prefill_instance = req.decode_instance = 0
         self.sched.enqueue(req)
+
+    def _handed_off(self, completion: Completion) -> None:
+        """Role hook: requests handed off after their prefill (only a prefill role has any)."""
 
     def step(self) -> Iteration | None:
         """Run one iteration (None when the scheduler has nothing to run).
@@ -200,6 +318,7 @@ class EngineCore:
         Raises:
             InvariantViolation: KV over capacity (an engine bug).
         """
+        t_host = self.now()
         batch = self.sched.next_batch()
         if batch is None:
             return None
@@ -223,22 +342,25 @@ class EngineCore:
         if cached > self.capacity_tokens or kv.used_blocks > kv.capacity_blocks:
             raise InvariantViolation(f"KV over capacity: {cached} tokens cached, {kv.used_blocks} blocks "
                                      f"used, capacity {kv.capacity_blocks} blocks")
-        if self.log is not None:
-            self.log.append({
-                "iteration": self.iterations, "start_s": start, "duration_s": end - start,
-                "prefill_tokens": batch.shape.prefill_tokens, "prefill_seqs": batch.shape.prefill_seqs,
-                "decode_seqs": batch.shape.decode_seqs, "decode_context_tokens": batch.shape.decode_context_tokens,
-                "kv_blocks_used": kv.used_blocks, "kv_capacity_blocks": kv.capacity_blocks,
-                "kv_tokens_cached": cached, "preempted": bool(batch.preempted),
-            })
+        used = kv.used_blocks
         self.iterations += 1
         for r in (*batch.prefill, *batch.decode):
             generated[r.id].append(int(tokens[r.id]))
-        finished = self.sched.complete(batch, 1, [end], 0.0).finished
-        for r in finished:
+        done = self.sched.complete(batch, 1, [end], 0.0)
+        for r in done.finished:
             model.free(r.id)
             held.discard(r.id)
-        return Iteration(batch, start, end, finished)
+        self._handed_off(done)
+        if self.log is not None:
+            self.log.append({
+                "iteration": self.iterations - 1, "start_s": start, "duration_s": end - start,
+                "prefill_tokens": batch.shape.prefill_tokens, "prefill_seqs": batch.shape.prefill_seqs,
+                "decode_seqs": batch.shape.decode_seqs, "decode_context_tokens": batch.shape.decode_context_tokens,
+                "kv_blocks_used": used, "kv_capacity_blocks": kv.capacity_blocks,
+                "kv_tokens_cached": cached, "preempted": bool(batch.preempted),
+                "host_s": (start - t_host) + (self.now() - end),
+            })
+        return Iteration(batch, start, end, done.finished, done.handed_off)
 
 
 class LiveEngine:
@@ -251,11 +373,13 @@ class LiveEngine:
         ConfigError: bad settings or model config.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, check_memory: bool = True) -> None:
         from pdsim.live.model import LlamaModel  # torch, lazily
 
         self.config = config
         hf = load_model_config(config.model_config)
+        if check_memory:  # before allocating anything (a disaggregated run checks both workers at once)
+            check_fits([("engine", config, hf)])
         try:
             self.model = LlamaModel(hf, dtype=config.dtype, device=config.device, seed=config.seed,
                                     kv_block_tokens=config.block_size)
@@ -264,26 +388,12 @@ class LiveEngine:
         self.vocab_size = self.model.config.vocab_size
 
     # -- refusal -----------------------------------------------------------------------------------
-    def check_request(self, request_id: int, prompt_tokens: int, output_tokens: int) -> None:
-        """Refuse a request this engine can never serve (ConfigError naming the value)."""
-        c = self.config
-        total = prompt_tokens + output_tokens
-        if total > self.model.max_positions:
-            raise ConfigError(
-                f"request {request_id}: prompt_tokens + output_tokens = {total} exceeds the model's "
-                f"max_position_embeddings {self.model.max_positions}")
-        if total - 1 > c.max_num_batched_tokens:
-            raise ConfigError(
-                f"request {request_id}: prompt_tokens + output_tokens - 1 = {total - 1} exceeds "
-                f"max_num_batched_tokens {c.max_num_batched_tokens} (no chunked prefill: a preempted "
-                "request re-prefills that many tokens in one iteration); raise --max-num-batched-tokens")
-        usable = c.kv_capacity_blocks - c.watermark_blocks
-        if blocks_for(total, c.block_size) > usable:
-            raise ConfigError(
-                f"request {request_id}: needs {blocks_for(total, c.block_size)} KV blocks "
-                f"({total} tokens, block_size {c.block_size}) but the KV capacity is "
-                f"{c.kv_capacity_blocks} blocks ({c.kv_capacity_tokens} tokens) with {c.watermark_blocks} "
-                "kept free as watermark; raise --kv-capacity-tokens")
+    def check_request(self, request_id: int, prompt_tokens: int, output_tokens: int, *,
+                      kv_tokens: int | None = None) -> None:
+        """Refuse a request this engine can never serve (ConfigError naming the value); see
+        ``check_request``."""
+        check_request(self.config, self.model.max_positions, request_id, prompt_tokens, output_tokens,
+                      kv_tokens=kv_tokens)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, workload: pd.DataFrame, *, clock: Callable[[], float] = time.perf_counter,

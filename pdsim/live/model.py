@@ -587,6 +587,14 @@ class LlamaModel:
         """K and V of one sequence, each ``[layers, kv_heads, tokens, head_dim]`` (copies)."""
         return self.kv.export(seq_id)
 
+    @torch.inference_mode()
+    def kv_export_packed(self, seq_id: SeqId) -> torch.Tensor:
+        """K and V of one sequence as ONE contiguous tensor ``[layers, 2, kv_heads, tokens, head_dim]``
+        (a copy; ``[:, 0]`` is K, ``[:, 1]`` V): a KV transfer sends it as a single message, and
+        ``kv_import(seq_id, (t[:, 0], t[:, 1]))`` installs it."""
+        n = self.kv.num_tokens(seq_id)
+        return self.kv.buffer(seq_id)[:, :, :, :n].contiguous()
+
     def kv_import(self, seq_id: SeqId, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
         """Install ``(k, v)`` from ``kv_export`` (of a model with the same config and dtype) as a new
         sequence; the next ``step`` can decode it. Raises ValueError on a shape/dtype mismatch or an

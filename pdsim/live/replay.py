@@ -157,7 +157,7 @@ def records_frame(recs: list[ReplayRecord], deployment: str, workload: str) -> p
             "first_token_s": first, "finish_s": finish, "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
             "itl_max_s": itl, "queue_s": r.sent_s - r.arrival_s, "kv_transfer_s": math.nan,
             "decode_wait_s": math.nan, "prefill_instance": -1, "decode_instance": -1, "preemptions": 0,
-            "error": r.error,
+            "mixed_pool": False, "error": r.error,
         })
     df = pd.DataFrame(rows, columns=REPLAY_COLUMNS)
     for c in ("deployment", "workload", "status", "reject_reason", "error"):

@@ -1,11 +1,15 @@
 """``pdsim validate``: simulate the requests of a ``pdsim live`` (or ``pdsim replay``) run directory on the
 same deployment and compare the simulated latencies with the measured ones. No torch.
 
-The simulated deployment is one colocated instance with the live run's scheduler knobs
+A disaggregated live run (``manifest.json`` ``mode: disaggregated``) is simulated as one prefill and one
+decode instance, each with its worker's knobs and the CPU profile of the worker's thread count, joined
+by ``MeasuredLink``: the profile's measured gloo ``send_recv`` table (the transport the engine uses).
+Otherwise the simulated deployment is one colocated instance with the live run's scheduler knobs
 (``max_num_batched_tokens``, ``max_num_seqs``, ``block_size``, the KV capacity in blocks exactly as the
 engine had it, ``watermark_fraction``) and the op-level latency model on a CPU profile (default: the
 profile under the search roots whose ``device_type`` is ``cpu`` and whose ``num_threads`` equals the live
-run's threads) for the live run's model config and dtype, ``iteration_overhead_s = 0``. The plan is built
+run's threads) for the live run's model config and dtype, ``iteration_overhead_s`` as given (default 0; see
+``docs/live.md`` for how it is measured, independently of the validation run). The plan is built
 in code: a CPU is not in ``gpu_specs.csv``, so its ``GpuSpec`` carries the host memory and price 0, and
 the op-level model gets ``gpu=None`` (no datasheet roofline fallbacks).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -84,9 +89,99 @@ def find_cpu_profile(threads: int | None, name: str | None):
 
 
 # -- the simulated deployment ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeasuredLink:
+    """A KV link whose transfer time is read from a measured point-to-point table (duck-types
+    ``pdsim.hardware.links.LinkSpec`` for ``pdsim.sim.cluster``).
+
+    ``transfer_s(nbytes)`` interpolates the median ``latency_s`` of the measured message sizes linearly
+    in bytes; below the smallest size it is the smallest size's latency (the fixed cost dominates);
+    above the largest it extends the last segment's slope. ``latency_s`` (the smallest message's
+    latency) and ``bandwidth_gbps`` (bits, from the largest message: bytes x 8 / latency) describe it.
+
+    Attributes:
+        kind: e.g. ``gloo``.
+        message_bytes, latency_s_points: the table, ascending in bytes.
+        source: where the table came from (profile and table).
+    """
+
+    kind: str
+    message_bytes: tuple[int, ...]
+    latency_s_points: tuple[float, ...]
+    source: str
+
+    @classmethod
+    def from_profile(cls, profile, backend: str = "gloo") -> "MeasuredLink":
+        """The ``send_recv`` rows of ``backend`` in the profile's ``collective`` table.
+
+        Raises:
+            ConfigError: the profile has no such measurement.
+        """
+        from pdsim.errors import ProfileError
+
+        try:
+            t = profile.table("collective") if profile.has("collective") else None
+        except ProfileError as exc:
+            raise ConfigError(str(exc)) from None
+        rows = None if t is None else t[(t["op"] == "send_recv") & (t["backend"] == backend)]
+        if rows is None or len(rows) < 2:
+            raise ConfigError(f"profile {profile.name} ({profile.path}): no {backend} send_recv measurements in its "
+                              "collective table (measure them with `pdsim profile --device cpu --tables collective`)")
+        rows = rows.groupby("message_bytes", as_index=False)["latency_s"].median().sort_values("message_bytes")
+        return cls(backend, tuple(int(b) for b in rows["message_bytes"]), tuple(float(x) for x in rows["latency_s"]),
+                   f"{profile.name}: collective.parquet send_recv {backend}")
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency_s_points[0]
+
+    @property
+    def bandwidth_gbps(self) -> float:
+        return self.message_bytes[-1] * 8 / self.latency_s_points[-1] / 1e9
+
+    def transfer_s(self, nbytes: int) -> float:
+        """Uncontended time to send ``nbytes`` in one message (seconds)."""
+        xs, ys = self.message_bytes, self.latency_s_points
+        if nbytes <= xs[0]:
+            return ys[0]
+        if nbytes >= xs[-1]:
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+            return ys[-1] + max(slope, 0.0) * (nbytes - xs[-1])
+        return float(np.interp(nbytes, xs, ys))
+
+
 def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_num_batched_tokens: int,
-               max_num_seqs: int, block_size: int, kv_capacity_blocks: int, watermark_fraction: float):
-    """A one-instance colocated ``DeploymentPlan`` on a CPU with the op-level model (gpu=None)."""
+               max_num_seqs: int, block_size: int, kv_capacity_blocks: int, watermark_fraction: float,
+               iteration_overhead_s: float = 0.0, decode: dict[str, Any] | None = None,
+               link: MeasuredLink | None = None):
+    """A ``DeploymentPlan`` on a CPU with the op-level model (gpu=None): one colocated instance, or with
+    ``decode`` (that worker's knobs: the same keys as the arguments, ``profile`` included) and ``link``
+    one prefill instance (the arguments' knobs) and one decode instance. Returns (plan, the first
+    pool's latency model)."""
+    from pdsim.models.arch import dtype_bytes
+    from pdsim.sim.plan import DeploymentPlan
+
+    if decode is None:
+        pool, latency = _cpu_pool("colocated", model_config, model_name, dtype, profile, max_num_batched_tokens,
+                                  max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s)
+        spec = latency.model
+        return DeploymentPlan("sim", "colocated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pool,), None), latency
+    if link is None:
+        raise ConfigError("a disaggregated plan needs a KV link")
+    pre, latency = _cpu_pool("prefill", model_config, model_name, dtype, profile, max_num_batched_tokens,
+                             max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s)
+    d = decode
+    dec, _ = _cpu_pool("decode", model_config, model_name, dtype, d["profile"], d["max_num_batched_tokens"],
+                       d["max_num_seqs"], d["block_size"], d["kv_capacity_blocks"], d["watermark_fraction"],
+                       iteration_overhead_s)
+    spec = latency.model
+    return DeploymentPlan("sim", "disaggregated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pre, dec),
+                          link), latency
+
+
+def _cpu_pool(role, model_config, model_name, dtype, profile, max_num_batched_tokens, max_num_seqs, block_size,
+              kv_capacity_blocks, watermark_fraction, iteration_overhead_s):
+    """One single-instance pool of ``role`` on a CPU profile, and its op-level latency model."""
     from pdsim.config.schema import OpLevelLatency, PoolConfig, SchedulerConfig
     from pdsim.hardware.gpus import GpuSpec
     from pdsim.latency.oplevel import OpLevelModel
@@ -98,7 +193,8 @@ def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_
     cpu = GpuSpec(name=f"cpu:{profile.meta.device_name}", vendor=profile.meta.vendor,
                   memory_bytes=int(profile.meta.memory_bytes or 0), mem_bw_bytes_per_s=nan, bf16_dense_flops=nan,
                   fp8_dense_flops=nan, intra_node_gbps_unidir=nan, tdp_w=nan, price_usd_per_hour=0.0)
-    latency = OpLevelModel([profile], spec, tp=1, pp=1, dtype=dtype, gpu=None, iteration_overhead_s=0.0)
+    latency = OpLevelModel([profile], spec, tp=1, pp=1, dtype=dtype, gpu=None,
+                           iteration_overhead_s=float(iteration_overhead_s))
 
     class _CpuPoolPlan(PoolPlan):
         def build_latency(self):  # gpu=None: the op-level model of a CPU profile
@@ -107,16 +203,17 @@ def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_
     sched = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                             block_size=block_size, watermark_fraction=watermark_fraction)
     cfg = PoolConfig(gpu=cpu.name, instances=1,
-                     latency=OpLevelLatency(kind="op_level", profile=str(profile.path), dtype=dtype))
+                     latency=OpLevelLatency(kind="op_level", profile=str(profile.path), dtype=dtype,
+                                            iteration_overhead_s=float(iteration_overhead_s)))
     nbytes = dtype_bytes(dtype)
     pool = _CpuPoolPlan(
-        role="colocated", config=cfg, gpu=cpu, tp=1, pp=1, instances=1, scheduler=sched,
+        role=role, config=cfg, gpu=cpu, tp=1, pp=1, instances=1, scheduler=sched,
         capacity_blocks=kv_capacity_blocks, weight_bytes_per_gpu=spec.weight_bytes_per_gpu(1, 1, nbytes),
         activation_bytes_per_gpu=0, kv_bytes_per_token_per_gpu=spec.kv_bytes_per_token_per_gpu(1, 1, nbytes),
         price_usd_per_gpu_hour=0.0,
-        latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None, 0.0, "auto"),
+        latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None, float(iteration_overhead_s), "auto"),
         latency_source_kinds=(profile.meta.source_kind,))
-    return DeploymentPlan("sim", "colocated", spec, spec.max_context_tokens, nbytes, (pool,), None), latency
+    return pool, latency
 
 
 # -- comparison ------------------------------------------------------------------------------------------
@@ -194,6 +291,25 @@ def _plots(out: Path, both: pd.DataFrame, live: pd.DataFrame, sim: pd.DataFrame,
     return files
 
 
+def _overhead_line(role: str, its: pd.DataFrame, lm, overhead_s: float) -> str:
+    """A report line: the live run's own iterations, measured against the op-level model's time for the
+    same shapes (``iteration_s`` includes ``overhead_s``)."""
+    from pdsim.latency.base import BatchShape
+
+    if its.empty:
+        return f"- {role}: no iterations logged."
+    pred = np.array([lm.iteration_s(BatchShape(int(r.prefill_tokens), int(r.prefill_seqs), int(r.decode_seqs),
+                                               int(r.decode_context_tokens))) for r in its.itertuples(index=False)])
+    loop = its["duration_s"].to_numpy(dtype=float)
+    if "host_s" in its.columns:
+        loop = loop + its["host_s"].to_numpy(dtype=float)
+    gap = loop - pred
+    return (f"- {role}: same iteration shapes as the live run ({len(its)} iterations): measured mean "
+            f"{loop.mean() * 1e3:.2f} ms per loop iteration (model step + engine host time), op-level model mean "
+            f"{pred.mean() * 1e3:.2f} ms (with iteration_overhead_s {overhead_s * 1e3:.3f} ms); measured minus modelled: "
+            f"median {np.median(gap) * 1e3:.2f} ms, mean {gap.mean() * 1e3:.2f} ms.")
+
+
 # -- the command -----------------------------------------------------------------------------------------
 def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides: dict[str, Any] | None = None,
              echo=print) -> pd.DataFrame:
@@ -209,8 +325,15 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     from pdsim.sim.cluster import simulate
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overhead_s = float(overrides.pop("iteration_overhead_s", 0.0))
+    if not (overhead_s >= 0 and math.isfinite(overhead_s)):
+        raise ConfigError(f"--iteration-overhead-s must be a finite number >= 0, got {overhead_s}")
+    overhead_source = overrides.pop("iteration_overhead_source", None)
     man, live, tokens = read_run_dir(live_run)
     kind = man["kind"]
+    mode = man.get("mode", "colocated") if kind == "live" else "colocated"
+    if mode not in ("colocated", "disaggregated"):
+        raise ConfigError(f"{live_run / 'manifest.json'}: mode must be colocated or disaggregated, got {mode!r}")
     engine = dict(man.get("config") or {}) if kind == "live" else {}
     engine.update(overrides)
     threads = overrides.get("threads", man.get("threads"))
@@ -229,11 +352,21 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     mc_path = knobs["model_config"]
     model_cfg = load_model_config(mc_path)
     model_name = Path(mc_path).stem if mc_path else "pdsim-tiny-llama"
+    decode, link = None, None
+    if mode == "disaggregated":
+        worker = dict((man.get("workers") or {}).get("decode") or {})
+        worker.update({k: v for k, v in overrides.items() if k in knobs})
+        decode = {k: worker.get(k, knobs[k]) for k in ("max_num_batched_tokens", "max_num_seqs", "block_size",
+                                                        "kv_capacity_blocks", "watermark_fraction")}
+        decode = {k: (float(v) if k == "watermark_fraction" else int(v)) for k, v in decode.items()}
+        decode["profile"] = prof
+        link = MeasuredLink.from_profile(prof)
     plan, latency = build_plan(
         model_config=model_cfg, model_name=model_name, dtype=knobs["dtype"], profile=prof,
         max_num_batched_tokens=int(knobs["max_num_batched_tokens"]), max_num_seqs=int(knobs["max_num_seqs"]),
         block_size=int(knobs["block_size"]), kv_capacity_blocks=int(knobs["kv_capacity_blocks"]),
-        watermark_fraction=float(knobs["watermark_fraction"]))
+        watermark_fraction=float(knobs["watermark_fraction"]), iteration_overhead_s=overhead_s,
+        decode=decode, link=link)
 
     live = live.sort_values(["arrival_s", "request_id"]).reset_index(drop=True)
     t0 = float(live["arrival_s"].min())
@@ -249,9 +382,9 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         if c in sim.columns:
             sim[c] = sim[c] + t0
     slo = SloConfig(**{"ttft_s": 1.0, "tpot_s": 0.1, **(man.get("slo") or {})})
-    stats = result.latency_stats.get("colocated", {})
-    row = summarize_one(sim, kind="colocated", gpus=0, usd_per_hour=0.0, slo=slo,
-                        out_of_range=int(stats.get("out_of_range", 0)), latency_sources=prof.meta.source_kind)
+    out_of_range = sum(int(st.get("out_of_range", 0)) for st in result.latency_stats.values())
+    row = summarize_one(sim, kind=mode, gpus=0, usd_per_hour=0.0, slo=slo,
+                        out_of_range=out_of_range, latency_sources=prof.meta.source_kind)
     summary = summarize([{"deployment": "sim", "workload": name, **row}])
 
     live_itl = sim_itl = None
@@ -263,21 +396,24 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         sim_itl = _itl(sim_tok, done)
     cmp = comparison_table(live, sim, live_itl, sim_itl)
 
-    # the engine's own per-iteration figure: measured iteration time minus the model's for the same shapes
-    overhead_line = ""
-    if kind == "live" and (live_run / "iterations.csv").is_file():
-        from pdsim.latency.base import BatchShape
-
-        its = pd.read_csv(live_run / "iterations.csv")
-        lm = latency.fresh()
-        pred = np.array([lm.iteration_s(BatchShape(int(r.prefill_tokens), int(r.prefill_seqs), int(r.decode_seqs),
-                                                   int(r.decode_context_tokens))) for r in its.itertuples(index=False)])
-        if len(its):
-            gap = its["duration_s"].to_numpy(dtype=float) - pred
-            overhead_line = (f"- Same iteration shapes as the live run ({len(its)} iterations): measured mean "
-                             f"{its['duration_s'].mean() * 1e3:.2f} ms, op-level model mean {pred.mean() * 1e3:.2f} ms; "
-                             f"measured minus modelled per iteration: median {np.median(gap) * 1e3:.2f} ms, "
-                             f"mean {gap.mean() * 1e3:.2f} ms (what an `iteration_overhead_s` would have to cover).")
+    # the engine's own per-iteration figures: measured iteration time minus the model's for the same shapes
+    overhead_lines = []
+    if kind == "live":
+        logs = {"colocated": "iterations.csv"} if mode == "colocated" else {
+            "prefill": "iterations_prefill.csv", "decode": "iterations_decode.csv"}
+        for role, fname in logs.items():
+            if (live_run / fname).is_file():
+                overhead_lines.append(_overhead_line(role, pd.read_csv(live_run / fname), latency.fresh(), overhead_s))
+    transfer_line = ""
+    if mode == "disaggregated":
+        a, b = live["kv_transfer_s"].to_numpy(dtype=float), sim["kv_transfer_s"].to_numpy(dtype=float)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if a.size and b.size:
+            transfer_line = (f"- KV transfers ({a.size} live, {b.size} simulated): kv_transfer_s median live "
+                             f"{np.median(a) * 1e3:.2f} ms / sim {np.median(b) * 1e3:.2f} ms, P90 live "
+                             f"{np.percentile(a, 90) * 1e3:.2f} ms / sim {np.percentile(b, 90) * 1e3:.2f} ms; link "
+                             f"model: {link.source} (interpolated; {link.latency_s * 1e6:.0f} us at "
+                             f"{link.message_bytes[0]} B, {link.bandwidth_gbps:.1f} Gb/s at {link.message_bytes[-1]} B).")
 
     out.mkdir(parents=True, exist_ok=True)
     sim.to_csv(out / "requests.csv", index=False)
@@ -291,36 +427,57 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     report = "\n".join([
         f"# Validation: {live_run}", "",
         f"Simulated the {len(workload)} requests of a `pdsim {kind}` run (arrivals relative to the first, "
-        "the run's prompt and output token counts) on one colocated instance with the run's scheduler knobs.", "",
+        "the run's prompt and output token counts) on "
+        + ("one colocated instance" if mode == "colocated" else "one prefill and one decode instance (disaggregated)")
+        + " with the run's scheduler knobs.", "",
         format_table(cmp), "",
         "Relative error = (sim - live) / live, over requests completed in both runs; ITL from tokens.csv "
         "(every gap between consecutive tokens of a request)" + ("" if live_itl is not None else " (no tokens.csv: skipped)") + ".",
         "", "## Notes", "",
-        f"- Live run: kind `{kind}`, threads {threads}, device {man.get('device_name', man.get('device', '?'))}, "
+        f"- Live run: kind `{kind}`, mode {mode}, threads {threads}{' per worker' if mode == 'disaggregated' else ''}, device {man.get('device_name', man.get('device', '?'))}, "
         f"{len(live)} requests ({int((live['status'] == 'completed').sum())} completed), {n_live_tok} output tokens, "
         f"preemptions {man.get('preemptions', 'n/a')}.",
         f"- Simulated: {int(summary.iloc[0]['completed'])}/{len(sim)} completed, {n_sim_tok} output tokens, "
-        f"{int(summary.iloc[0]['preemptions'])} preemptions, {int(result.instances.iloc[0]['iterations'])} iterations, "
-        f"{int(stats.get('out_of_range', 0))} out-of-range latency lookups.",
+        f"{int(summary.iloc[0]['preemptions'])} preemptions, "
+        f"{' + '.join(str(int(i)) for i in result.instances['iterations'])} iterations "
+        f"({' + '.join(result.instances['role'])}), {out_of_range} out-of-range latency lookups.",
         f"- Profile: `{prof.name}` ({prof.path}), source kind {prof.meta.source_kind}, device type "
         f"{prof.meta.device_type}, {prof.meta.num_threads} threads, mode {prof.meta.mode}.",
         f"- Model: {model_name} ({mc_path or 'packaged tiny Llama'}), dtype {knobs['dtype']}; scheduler: "
         f"max_num_batched_tokens {knobs['max_num_batched_tokens']}, max_num_seqs {knobs['max_num_seqs']}, "
         f"block_size {knobs['block_size']}, KV capacity {knobs['kv_capacity_blocks']} blocks, "
         f"watermark_fraction {knobs['watermark_fraction']}.",
-        "- `iteration_overhead_s = 0`: the op-level model charges only the kernels the profile measured "
-        "(GEMMs, attention, elementwise ops). The engine's per-iteration Python work (scheduling, building "
-        "position and mask tensors, sampling) is not modelled, so the simulation should come out faster; "
-        "nothing here is fitted to the live run.",
-        *([overhead_line] if overhead_line else []),
+        (f"- `iteration_overhead_s = {overhead_s:g}`: the op-level model charges only the kernels the profile "
+         "measured (GEMMs, attention, elementwise ops). The engine's per-iteration Python work (scheduling, building "
+         "position and mask tensors, sampling) is not modelled, so the simulation should come out faster; "
+         "nothing here is fitted to the live run." if overhead_s == 0 else
+         f"- `iteration_overhead_s = {overhead_s * 1e3:.3f} ms` charged per iteration on top of the profiled "
+         f"kernels (the engine's host time, measured independently of this run: {overhead_source or 'given'}); "
+         "nothing here is fitted to the live run."),
+        *overhead_lines,
+        *([transfer_line] if transfer_line else []),
         f"- Plots: {', '.join(plots)}.", "",
     ])
     (out / "report.md").write_text(report)
     return cmp
 
 
+def _overhead_option(value_s: float, path: Path | None) -> dict[str, Any]:
+    """``iteration_overhead_s`` and where it came from: the option, or a measurement file (ConfigError if
+    unreadable)."""
+    if path is None:
+        return {"iteration_overhead_s": value_s, "iteration_overhead_source": "--iteration-overhead-s"}
+    try:
+        data = json.loads(Path(path).read_text())
+        v = float(data["iteration_overhead_s"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--overhead-file {path}: need a JSON object with a number iteration_overhead_s ({exc})") from None
+    return {"iteration_overhead_s": v, "iteration_overhead_source": f"{path} ({data.get('method', 'no method recorded')})"}
+
+
 def validate_command(
-    live_run: Annotated[Path, typer.Option("--live-run", help="Run directory of `pdsim live` or `pdsim replay`.")],
+    experiment: Annotated[Optional[Path], typer.Argument(help="A validation experiment YAML (e.g. experiments/validate_cpu.yaml): profile or pick a profile, run the trace live, simulate it, report. Instead of --live-run.")] = None,
+    live_run: Annotated[Optional[Path], typer.Option("--live-run", help="Run directory of `pdsim live` or `pdsim replay`.")] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Latency profile (default: the CPU profile with the live run's thread count).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default <live-run>/validate).")] = None,
     model_config: Annotated[Optional[str], typer.Option("--model-config", help="HF config.json (replay runs; overrides the manifest).")] = None,
@@ -331,14 +488,30 @@ def validate_command(
     kv_capacity_blocks: Annotated[Optional[int], typer.Option("--kv-capacity-blocks", help="KV blocks of the server (required for replay runs).")] = None,
     watermark_fraction: Annotated[Optional[float], typer.Option("--watermark-fraction", help="Engine knob (replay runs; overrides the manifest).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Threads of the server (picks the CPU profile; replay runs).")] = None,
+    iteration_overhead_s: Annotated[float, typer.Option("--iteration-overhead-s", help="Per-iteration engine host time charged by the op-level model (s), measured independently (benchmarks/measure_cpu_iterations.py --engine-overhead). Default 0.")] = 0.0,
+    overhead_file: Annotated[Optional[Path], typer.Option("--overhead-file", help="JSON written by benchmarks/measure_cpu_iterations.py --engine-overhead: its iteration_overhead_s is used (instead of --iteration-overhead-s).")] = None,
 ) -> None:
     """Simulate the requests of a live / replay run on the same deployment (op-level model on a CPU
-    profile) and compare TTFT, TPOT, ITL and E2E percentiles; writes comparison.csv, report.md, plots."""
+    profile) and compare TTFT, TPOT, ITL and E2E percentiles; writes comparison.csv, report.md, plots.
+    With EXPERIMENT.yaml, first run the live side as the file says (pdsim.live.validate_experiment)."""
+    if (experiment is None) == (live_run is None):
+        _fail("give a validation experiment YAML or --live-run DIR (one of them)")
+    if experiment is not None:
+        from pdsim.live.validate_experiment import run_validation_experiment
+
+        try:
+            cmp, where = run_validation_experiment(experiment, out, echo=typer.echo)
+        except PdsimError as exc:
+            _fail(str(exc))
+        typer.echo(format_table(cmp))
+        typer.echo(f"output directory: {where} (live run: {where / 'live'}, report: {where / 'validate' / 'report.md'})")
+        return
     try:
         cmp = validate(live_run, out or live_run / "validate", profile=profile, echo=typer.echo, overrides={
             "model_config": model_config, "dtype": dtype, "max_num_batched_tokens": max_num_batched_tokens,
             "max_num_seqs": max_num_seqs, "block_size": block_size, "kv_capacity_blocks": kv_capacity_blocks,
-            "watermark_fraction": watermark_fraction, "threads": threads})
+            "watermark_fraction": watermark_fraction, "threads": threads,
+            **_overhead_option(iteration_overhead_s, overhead_file)})
     except PdsimError as exc:
         _fail(str(exc))
     typer.echo(format_table(cmp))

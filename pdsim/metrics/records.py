@@ -12,7 +12,20 @@ Columns (times in seconds from the workload's start; NaN where undefined):
 - ``kv_transfer_s``: KV transfer (port queueing + wire time), NaN for colocated or 1-token requests
 - ``decode_wait_s``: from prefill end until the decode instance had KV blocks for the request
 - ``prefill_instance, decode_instance``: indices within their pools (-1 if never assigned)
-- ``preemptions``: times the request was preempted (recompute)
+- ``preemptions``: times the request was preempted (by recompute or swap); ``swaps``: of those, by
+  swap to host memory
+- ``prefix_hit_tokens``: prompt tokens reused from the prefix cache at the first admission (0 without
+  prefix caching)
+- ``mixed_pool``: True when Splitwise's mixed pool sent the request to a decode instance that
+  prefilled and decoded it (disaggregated deployments with ``mixed_pool``); its ``prefill_instance``
+  is then -1 and ``decode_instance`` the borrowed instance
+- KV transfer breakdown (disaggregated; empty / 0 / NaN without a transfer; docs/interconnect.md):
+  ``kv_transfer_path`` (``intra_node``, ``network``, ``host_staged``, or the ``kv_link`` kind),
+  ``kv_transfer_bytes`` (on the wire, after compression), ``kv_transfer_queue_s`` (waiting for the
+  ports), the uncontended steps ``kv_transfer_d2h_s``, ``kv_transfer_network_s`` (link or NIC time,
+  with its fixed latency), ``kv_transfer_h2d_s``, ``kv_convert_s`` (layout conversion / re-shard),
+  ``kv_compress_s`` (quantize + dequantize), and ``kv_transfer_hidden_s`` (overlapped with the prefill
+  by layer-wise streaming). ``kv_transfer_s`` = queue + steps - hidden.
 """
 
 from __future__ import annotations
@@ -26,7 +39,9 @@ REQUEST_COLUMNS = [
     "deployment", "workload", "request_id", "arrival_s", "prompt_tokens", "output_tokens", "status",
     "reject_reason", "prefill_start_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s",
     "itl_max_s", "queue_s", "kv_transfer_s", "decode_wait_s", "prefill_instance", "decode_instance",
-    "preemptions",
+    "preemptions", "swaps", "prefix_hit_tokens", "mixed_pool",
+    "kv_transfer_path", "kv_transfer_bytes", "kv_transfer_queue_s", "kv_transfer_d2h_s", "kv_transfer_network_s",
+    "kv_transfer_h2d_s", "kv_convert_s", "kv_compress_s", "kv_transfer_hidden_s",
 ]
 
 
@@ -66,5 +81,17 @@ def requests_frame(requests: list[Request], deployment: str, workload: str) -> p
         "prefill_instance": arr("prefill_instance", np.int64),
         "decode_instance": arr("decode_instance", np.int64),
         "preemptions": arr("preemptions", np.int64),
+        "swaps": arr("swaps", np.int64),
+        "prefix_hit_tokens": arr("prefix_hit_tokens", np.int64),
+        "mixed_pool": arr("mixed_pool", bool),
+        "kv_transfer_path": pd.Series([r.kv_transfer_path for r in requests], dtype="string"),
+        "kv_transfer_bytes": arr("kv_transfer_bytes", np.int64),
+        "kv_transfer_queue_s": arr("kv_transfer_queue_s"),
+        "kv_transfer_d2h_s": arr("kv_transfer_d2h_s"),
+        "kv_transfer_network_s": arr("kv_transfer_network_s"),
+        "kv_transfer_h2d_s": arr("kv_transfer_h2d_s"),
+        "kv_convert_s": arr("kv_convert_s"),
+        "kv_compress_s": arr("kv_compress_s"),
+        "kv_transfer_hidden_s": arr("kv_transfer_hidden_s"),
     })
     return df.sort_values("request_id", kind="stable").reset_index(drop=True)

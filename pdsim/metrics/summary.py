@@ -11,7 +11,23 @@ Definitions (DESIGN.md vocabulary):
 - ``goodput_rps``: requests that met the SLOs per second of the run (span from the first arrival to
   the last finish). This is the *SLO-meeting throughput at the offered load*; DistServe's goodput
   (the highest offered rate at which attainment stays >= target) comes from a rate search.
+- ``requests_per_s``: completed requests per second of the span. Under an open-loop workload it
+  tracks the offered rate (an input) as long as the deployment keeps up; under a closed-loop workload
+  (``kind: closed_loop``, N clients) there is no offered rate: arrivals follow completions, and this
+  is the *achieved* throughput, an output (N / (mean E2E + mean think time) by Little's law, up to the
+  ramp-up and drain at the span's ends). ``goodput_rps`` is then the SLO-meeting throughput at
+  concurrency N. The client count is in the run's ``manifest.json`` (``workloads``).
 - ``output_tokens_per_s``: output tokens of completed requests per second of the span.
+- ``decode_wait_p90_s``: P90 over completed requests of ``decode_wait_s`` (disaggregated: prefill
+  output waiting for decode KV blocks, the decode pool's back-pressure; NaN for colocated).
+- ``swaps``: preemptions by swap (``preemptions`` counts both kinds).
+- ``prefix_hit_rate``: prompt tokens reused from prefix caches / prompt tokens, over all requests.
+- ``mixed_pool_requests``: requests served whole by a decode instance borrowed by Splitwise's mixed
+  pool (``mixed_pool`` request column; 0 without ``mixed_pool``).
+- ``kv_transfer_bytes_mean``, ``kv_transfer_queue_mean_s``, ``kv_transfer_d2h_mean_s``,
+  ``kv_transfer_network_mean_s``, ``kv_transfer_h2d_mean_s``, ``kv_convert_mean_s``, ``kv_compress_mean_s``,
+  ``kv_transfer_hidden_mean_s``: means of the request columns of the same names over completed requests
+  that had a KV transfer (NaN when none did; see ``pdsim.metrics.records``).
 - ``usd_per_hour``: GPUs x $/GPU-hour; ``usd_per_million_output_tokens`` =
   usd_per_hour / (output_tokens_per_s x 3600) x 1e6 (DESIGN.md, "Formulas").
 """
@@ -27,7 +43,9 @@ SUMMARY_COLUMNS = [
     "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "queue_p90_s", "kv_transfer_p50_s", "kv_transfer_p90_s",
     "span_s", "requests_per_s", "output_tokens_per_s", "slo_attainment", "slo_met", "goodput_rps",
     "preemptions", "gpus", "usd_per_hour", "usd_per_million_output_tokens", "latency_out_of_range",
-    "latency_sources",
+    "latency_sources", "decode_wait_p90_s", "swaps", "prefix_hit_rate", "mixed_pool_requests",
+    "kv_transfer_bytes_mean", "kv_transfer_queue_mean_s", "kv_transfer_d2h_mean_s", "kv_transfer_network_mean_s",
+    "kv_transfer_h2d_mean_s", "kv_convert_mean_s", "kv_compress_mean_s", "kv_transfer_hidden_mean_s",
 ]
 
 
@@ -86,12 +104,31 @@ def summarize_one(df: pd.DataFrame, *, kind: str, gpus: int, usd_per_hour: float
         "slo_met": slo_met,
         "goodput_rps": float(met.sum()) / span if span > 0 else float("nan"),
         "preemptions": int(df["preemptions"].sum()),
+        "decode_wait_p90_s": _pct(done["decode_wait_s"].to_numpy(dtype=float), 90),
+        "swaps": int(df["swaps"].sum()),
+        "prefix_hit_rate": float(df["prefix_hit_tokens"].sum() / df["prompt_tokens"].sum()) if n else float("nan"),
         "gpus": gpus,
         "usd_per_hour": usd_per_hour,
         "latency_sources": latency_sources,
         "usd_per_million_output_tokens": usd_per_hour / (tok_per_s * 3600.0) * 1e6 if tok_per_s and tok_per_s == tok_per_s else float("nan"),
         "latency_out_of_range": int(out_of_range),
+        "mixed_pool_requests": int(df["mixed_pool"].sum()) if "mixed_pool" in df else 0,
+        **_transfer_means(done),
     }
+
+
+_TRANSFER_MEANS = {
+    "kv_transfer_bytes_mean": "kv_transfer_bytes", "kv_transfer_queue_mean_s": "kv_transfer_queue_s",
+    "kv_transfer_d2h_mean_s": "kv_transfer_d2h_s", "kv_transfer_network_mean_s": "kv_transfer_network_s",
+    "kv_transfer_h2d_mean_s": "kv_transfer_h2d_s", "kv_convert_mean_s": "kv_convert_s",
+    "kv_compress_mean_s": "kv_compress_s", "kv_transfer_hidden_mean_s": "kv_transfer_hidden_s",
+}
+
+
+def _transfer_means(done: pd.DataFrame) -> dict:
+    """Means of the KV transfer breakdown over completed requests that had a transfer (NaN if none)."""
+    moved = done[done["kv_transfer_s"].notna()] if "kv_transfer_queue_s" in done else done.iloc[:0]
+    return {out: float(moved[col].mean()) if len(moved) else float("nan") for out, col in _TRANSFER_MEANS.items()}
 
 
 def summarize(rows: list[dict]) -> pd.DataFrame:

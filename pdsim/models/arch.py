@@ -12,6 +12,14 @@ Formulas (all exact integer arithmetic, no rounding):
 - Parameters = embeddings (+ untied LM head) + layers x (attention + MLP + norms) + final norm, with
   biases where the architecture has them. Checked to the parameter against the counts in
   ``pdsim/data/models.yaml`` (tests/test_models.py).
+- Mixture-of-experts (every decoder layer an MoE layer, e.g. Mixtral, Qwen2-MoE): the MLP is a router
+  ``hidden x num_experts`` (no bias, replicated on every TP rank: vLLM's ``ReplicatedLinear`` gate),
+  ``num_experts`` gated experts of ``3 x hidden x moe_intermediate_size`` each, all resident, and
+  optional shared experts (a gated MLP of ``shared_expert_intermediate_size``, plus a ``hidden x 1``
+  sigmoid gate in Qwen2-MoE). Under TP every GPU holds ``ceil(moe_intermediate_size / TP)`` of each
+  expert (vLLM's ``FusedMoE`` without expert parallelism shards the intermediate dimension). Active
+  parameters per token count ``experts_per_token`` experts. Mixtral-8x7B: 46,702,792,704 total and
+  12,879,138,816 active, as in the catalog (tests/test_moe.py).
 
 The catalog ``pdsim/data/models.yaml`` is copied from the project's shared data (values from each
 model's HF config.json; sources listed per model in that file).
@@ -61,6 +69,15 @@ class ModelSpec:
         embedding_norm: a LayerNorm after the embedding (BLOOM).
         rotary: rotary position embedding applied to q and k in every layer (Llama family); False for
             ALiBi (BLOOM) and learned absolute positions (OPT, GPT-2).
+        num_experts: routed experts per MoE layer (0: a dense model); HF ``num_local_experts``
+            (Mixtral), ``num_experts`` (Qwen MoE), ``n_routed_experts`` (DeepSeek).
+        experts_per_token: experts each token is routed to (HF ``num_experts_per_tok``).
+        moe_intermediate_size: intermediate size of one routed expert (HF ``moe_intermediate_size``;
+            Mixtral's experts use ``intermediate_size``).
+        shared_expert_intermediate_size: total intermediate size of the always-active shared experts
+            (0: none); HF ``shared_expert_intermediate_size`` (Qwen2-MoE) or ``n_shared_experts x
+            moe_intermediate_size`` (DeepSeek).
+        shared_expert_gate: a ``hidden x 1`` sigmoid gate on the shared experts' output (Qwen2-MoE).
     """
 
     name: str
@@ -81,6 +98,16 @@ class ModelSpec:
     learned_positions: int = 0
     embedding_norm: bool = False
     rotary: bool = True
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    shared_expert_gate: bool = False
+
+    @property
+    def is_moe(self) -> bool:
+        """Every decoder layer's MLP is a mixture of experts."""
+        return self.num_experts > 0
 
     # ---- parameters -------------------------------------------------------------------------
     @property
@@ -100,10 +127,26 @@ class ModelSpec:
         return weights + bias
 
     def mlp_params(self) -> int:
+        if self.is_moe:
+            return self._moe_params(self.num_experts)
         h, i = self.hidden_size, self.intermediate_size
         mats = 3 if self.gated_mlp else 2
         bias = (i + h) if self.mlp_bias else 0
         return mats * h * i + bias
+
+    def _moe_params(self, experts: int) -> int:
+        """Router + ``experts`` routed experts + shared experts (and their gate) of one MoE layer."""
+        h = self.hidden_size
+        shared = 3 * h * self.shared_expert_intermediate_size + (h if self.shared_expert_gate else 0)
+        return h * self.num_experts + experts * 3 * h * self.moe_intermediate_size + shared
+
+    def active_params(self) -> int:
+        """Parameters one token's forward pass uses: ``experts_per_token`` routed experts per MoE
+        layer instead of all of them (equal to ``total_params`` for a dense model)."""
+        if not self.is_moe:
+            return self.total_params()
+        unused = self.num_layers * (self.num_experts - self.experts_per_token) * 3 * self.hidden_size * self.moe_intermediate_size
+        return self.total_params() - unused
 
     def norm_params(self) -> int:
         """Parameters of one normalisation layer (RMSNorm: weight; LayerNorm: weight and bias)."""
@@ -156,21 +199,43 @@ class ModelSpec:
         are vocabulary-parallel (sharded over TP). With PP the first stage holds the embedding and the
         last the LM head; we size the larger of the two end stages.
         """
+        layer, first, last = self._shard_params_per_gpu(tp, pp)
+        layers_per_stage = math.ceil(self.num_layers / pp)
+        ends = first + last if pp == 1 else max(first, last)
+        return (layers_per_stage * layer + ends) * dtype_bytes_
+
+    def stage_weight_bytes_per_gpu(self, tp: int, pp: int, stage: int, layers: int, dtype_bytes_: int = 2) -> int:
+        """Weight bytes on one GPU of PP stage ``stage`` (of ``pp``) that runs ``layers`` decoder layers.
+
+        Same shards as ``weight_bytes_per_gpu``; the first stage also holds the embedding, the last the
+        final norm and the LM head (its own copy when PP > 1, even with tied embeddings).
+        """
+        layer, first, last = self._shard_params_per_gpu(tp, pp)
+        ends = (first if stage == 0 else 0) + (last if stage == pp - 1 else 0)
+        return (layers * layer + ends) * dtype_bytes_
+
+    def _shard_params_per_gpu(self, tp: int, pp: int) -> tuple[int, int, int]:
+        """Parameters per GPU under TP ``tp``: of one decoder layer, of the first stage's extras
+        (embedding) and of the last stage's (final norm, LM head)."""
         h = self.hidden_size
         kv_per_gpu = self.kv_heads_per_gpu(tp) * self.head_dim
         q_per_gpu = math.ceil(self.num_attention_heads / tp) * self.head_dim
         attn = h * q_per_gpu + 2 * h * kv_per_gpu + q_per_gpu * h
         if self.attention_bias:
             attn += q_per_gpu + 2 * kv_per_gpu + (0 if self.qkv_bias_only else h)
-        i_per_gpu = math.ceil(self.intermediate_size / tp)
-        mlp = (3 if self.gated_mlp else 2) * h * i_per_gpu + ((i_per_gpu + h) if self.mlp_bias else 0)
+        if self.is_moe:  # replicated router; every expert (and the shared MLP) sharded over TP
+            e_per_gpu = math.ceil(self.moe_intermediate_size / tp)
+            s_per_gpu = math.ceil(self.shared_expert_intermediate_size / tp)
+            mlp = (h * self.num_experts + self.num_experts * 3 * h * e_per_gpu + 3 * h * s_per_gpu
+                   + (h if self.shared_expert_gate else 0))
+        else:
+            i_per_gpu = math.ceil(self.intermediate_size / tp)
+            mlp = (3 if self.gated_mlp else 2) * h * i_per_gpu + ((i_per_gpu + h) if self.mlp_bias else 0)
         layer = attn + mlp + 2 * self.norm_params()
-        layers_per_stage = math.ceil(self.num_layers / pp)
         vocab_shard = math.ceil(self.vocab_size / tp) * h
         first = vocab_shard + self.learned_positions * h + (self.norm_params() if self.embedding_norm else 0)
         last = self.norm_params() + (vocab_shard if not self.tie_word_embeddings or pp > 1 else 0)
-        ends = first + last if pp == 1 else max(first, last)
-        return (layers_per_stage * layer + ends) * dtype_bytes_
+        return layer, first, last
 
 
 def _require(entry: dict[str, Any], key: str, where: str) -> Any:
@@ -185,9 +250,15 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
     Accepts both HF key names (``num_hidden_layers``, ``num_key_value_heads``, ``n_embed`` ...) and the
     catalog's (``num_layers``, ``num_kv_heads``).
 
+    Mixture-of-experts fields: ``num_local_experts`` / ``num_experts`` / ``n_routed_experts`` /
+    ``num_routed_experts``, ``num_experts_per_tok`` / ``experts_per_token``, ``moe_intermediate_size``
+    (default ``intermediate_size``, as Mixtral), ``shared_expert_intermediate_size`` or
+    ``n_shared_experts`` / ``num_shared_experts`` x ``moe_intermediate_size``.
+
     Raises:
         ConfigError: a required field is missing, or the architecture is one pdsim cannot model yet
-            (MLA attention, mixture-of-experts), naming the model and the field.
+            (MLA attention; MoE models with dense layers among the MoE layers, ``first_k_dense_replace``,
+            ``decoder_sparse_step`` != 1 or ``mlp_only_layers``), naming the model and the field.
     """
     def pick(*keys: str, default: Any = None) -> Any:
         for k in keys:
@@ -196,9 +267,12 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
         return default
 
     if cfg.get("attention") == "MLA" or "kv_lora_rank" in cfg:
-        raise ConfigError(f"{where}: model {name!r} uses MLA attention, which pdsim does not model yet")
-    if pick("num_experts", "num_local_experts", "num_routed_experts"):
-        raise ConfigError(f"{where}: model {name!r} is a mixture-of-experts model, which pdsim does not model yet")
+        raise ConfigError(
+            f"{where}: model {name!r} uses MLA attention (multi-head latent attention: a compressed KV latent "
+            "of kv_lora_rank + qk_rope_head_dim per token instead of per-head K/V), which pdsim does not model "
+            "yet: its KV arithmetic and attention tables are for MHA/GQA only"
+        )
+    moe = _moe_fields(name, cfg, pick, where)
     layers = pick("num_layers", "num_hidden_layers", "n_layer")
     hidden = pick("hidden_size", "n_embed", "d_model")
     heads = pick("num_attention_heads", "n_head")
@@ -230,6 +304,7 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
         learned_positions=(int(pick("max_position_embeddings")) + 2) if model_type == "opt" else 0,
         embedding_norm=model_type == "bloom",
         rotary=model_type not in ("bloom", "opt", "gpt2"),
+        **moe,
     )
     for field_ in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size"):
         if getattr(spec, field_) <= 0:
@@ -242,10 +317,46 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
     return spec
 
 
+def _moe_fields(name: str, cfg: dict[str, Any], pick: Any, where: str) -> dict[str, Any]:
+    """The ``ModelSpec`` MoE fields of a config (empty for a dense model); see ``model_from_hf_config``."""
+    experts = pick("num_local_experts", "num_experts", "n_routed_experts", "num_routed_experts")
+    if not experts:
+        return {}
+    topk = pick("num_experts_per_tok", "experts_per_token")
+    if not topk:
+        raise ConfigError(f"{where}: model {name!r}: MoE model without 'num_experts_per_tok' (experts per token)")
+    if pick("first_k_dense_replace", default=0) or pick("mlp_only_layers", default=[]) or pick("decoder_sparse_step", default=1) != 1:
+        raise ConfigError(
+            f"{where}: model {name!r} mixes dense and MoE layers (first_k_dense_replace / mlp_only_layers / "
+            "decoder_sparse_step), which pdsim does not model yet: every layer must be an MoE layer"
+        )
+    inter = pick("moe_intermediate_size", "intermediate_size")
+    if inter is None:
+        raise ConfigError(f"{where}: model {name!r}: MoE model without 'moe_intermediate_size' or 'intermediate_size'")
+    shared = pick("shared_expert_intermediate_size")
+    if shared is None:
+        shared = int(pick("n_shared_experts", "num_shared_experts", default=0)) * int(inter)
+    model_type = str(pick("model_type", default="")).lower()
+    out = {
+        "num_experts": int(experts),
+        "experts_per_token": int(topk),
+        "moe_intermediate_size": int(inter),
+        "shared_expert_intermediate_size": int(shared),
+        "shared_expert_gate": model_type == "qwen2_moe" and int(shared) > 0,
+    }
+    if not 1 <= out["experts_per_token"] <= out["num_experts"] or out["moe_intermediate_size"] < 1:
+        raise ConfigError(
+            f"{where}: model {name!r}: experts per token must be in 1..{out['num_experts']} and the expert "
+            f"intermediate size >= 1, got {out['experts_per_token']} and {out['moe_intermediate_size']}"
+        )
+    return out
+
+
 def load_model_catalog(path: Path | None = None) -> dict[str, dict[str, Any]]:
     """Read the model catalog (``pdsim/data/models.yaml`` by default) as raw entries by name."""
     if path is None:
         text = resources.files("pdsim.data").joinpath("models.yaml").read_text()
     else:
         text = Path(path).read_text()
-    return dict(yaml.safe_load(text)["models"])
+    # libyaml's safe loader when present: same result, ~30x faster (this runs once per planned experiment)
+    return dict(yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["models"])

@@ -472,6 +472,10 @@ def render_report(data: RunData, *, plot_slugs: dict[str, str] | None = None) ->
         rows = summary[summary["workload"].astype(str) == workload].sort_values("deployment", kind="stable")
         slug = slugs.get(workload, _slug(workload))
         lines += [f"## Workload `{_cell(workload)}`", ""]
+        process = (data.manifest.get("workloads") or {}).get(workload) or {}
+        if process.get("arrival_process") == "closed_loop":  # docs/workloads.md
+            lines += [f"Closed loop of {process.get('clients')} clients: request rates are achieved "
+                      "throughput (an outcome), not an offered load.", ""]
         lines += _table(rows)
         lines += ["", _comparison(rows, slo), ""]
         lines += [

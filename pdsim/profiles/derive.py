@@ -765,8 +765,9 @@ class ModelShapes:
 
 
 def model_shapes(tp_degrees: Sequence[int] = TP_DEGREES) -> ModelShapes:
-    """Shapes of every dense model in ``pdsim/data/models.yaml`` (MoE / MLA models, which pdsim cannot
-    model yet, are skipped) at each TP degree."""
+    """Shapes of every dense model in ``pdsim/data/models.yaml`` (MoE models, which need a ``moe`` table
+    that derived profiles do not have, and MLA models, which pdsim cannot model yet, are skipped) at each
+    TP degree."""
     from pdsim.latency.oplevel import layer_shapes
     from pdsim.models.arch import load_model_catalog, model_from_hf_config
 
@@ -776,6 +777,8 @@ def model_shapes(tp_degrees: Sequence[int] = TP_DEGREES) -> ModelShapes:
         try:
             m = model_from_hf_config(name, entry)
         except ConfigError:
+            continue
+        if m.is_moe:  # a derived profile has no moe table, so an MoE model cannot run on it
             continue
         for tp in tp_degrees:
             layers, lm_head = layer_shapes(m, tp)

@@ -39,12 +39,22 @@ Semantics of each table (the shapes are those of one GPU, i.e. already divided b
   ``rmsnorm``, ``layernorm``, ``silu_mul`` (width = the MLP intermediate per GPU, input is 2 x width),
   ``gelu``, ``rope`` (width = (q + k) heads x head_dim per GPU), ``add`` (residual), ``embedding``
   (width = hidden; a gather of ``num_tokens`` rows).
+- ``moe`` (optional): the routed experts of one mixture-of-experts layer on one GPU for ``num_tokens``
+  tokens, as one fused kernel (vLLM ``fused_experts``: token permutation, the experts' gate/up GEMM,
+  SiLU x mul, down GEMM and the top-k weighted combine). ``hidden_size``; ``inter_size`` is one
+  expert's full intermediate size, of which the GPU holds ``inter_size / moe_tp_size`` for
+  ``num_experts / moe_ep_size`` experts; each token goes to ``topk`` experts. ``distribution`` is how
+  tokens were spread over experts when timed: ``balanced`` (equal tokens per expert) or
+  ``power_law_<alpha>``. Not included: the router GEMM and top-k selection (inputs to the kernel),
+  and any communication (TP all-reduce, EP all-to-all). ``dtype`` is the expert weights' precision
+  (``fp8``: per-tensor scaled W8A8 with bf16 activations in and out).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -78,10 +88,15 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "collective": (("op", "backend", "dtype", "world_size", "message_bytes"), ("op", "backend", "dtype")),
     "memcpy": (("direction", "bytes"), ("direction",)),
     "elementwise": (("op", "dtype", "num_tokens", "width"), ("op", "dtype")),
+    "moe": (
+        ("dtype", "distribution", "num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size"),
+        ("dtype", "distribution"),
+    ),
 }
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 MEMCPY_DIRECTIONS = ("d2d", "h2d", "d2h", "p2p")
 ELEMENTWISE_OPS = ("rmsnorm", "layernorm", "silu_mul", "gelu", "rope", "add", "embedding")
+MOE_DISTRIBUTION = re.compile(r"balanced|power_law_[0-9]+(\.[0-9]+)?")
 
 
 class _Strict(BaseModel):
@@ -262,6 +277,16 @@ def validate_table(table: str, df: pd.DataFrame, where: str) -> None:
             unknown = sorted(set(df[c]) - set(values))
             if unknown:
                 raise ProfileError(f"{where}: column {c!r} has unknown values {unknown}; expected {list(values)}")
+    if table == "moe":
+        bad_dist = sorted(v for v in set(df["distribution"]) if not MOE_DISTRIBUTION.fullmatch(str(v)))
+        if bad_dist:
+            raise ProfileError(f"{where}: column 'distribution' has unknown values {bad_dist}; expected 'balanced' or 'power_law_<alpha>'")
+        bad = df.loc[(df.topk > df.num_experts) | (df.num_experts % df.moe_ep_size != 0) | (df.inter_size % df.moe_tp_size != 0)]
+        if len(bad):
+            raise ProfileError(
+                f"{where}: topk must be <= num_experts, num_experts divisible by moe_ep_size and inter_size by "
+                f"moe_tp_size; first bad row: {bad.head(1).to_dict('records')}"
+            )
     dup = df.duplicated(subset=list(keys))
     if dup.any():
         raise ProfileError(f"{where}: duplicated key {df.loc[dup, list(keys)].head(1).to_dict('records')}")

@@ -1,5 +1,18 @@
-"""Routers (pure domain ring): which instance of a pool gets a request."""
+"""Routers (pure domain ring): which instance of a pool gets a request; Splitwise's mixed pool."""
 
-from pdsim.routing.routers import JoinShortestQueueRouter, RoundRobinRouter, Router, make_router
+from pdsim.routing.routers import (
+    ROUTER_NAMES,
+    JoinShortestQueueRouter,
+    LeastTokensRouter,
+    MixedPool,
+    PowerOfTwoRouter,
+    PrefixAwareRouter,
+    RoundRobinRouter,
+    Router,
+    make_router,
+)
 
-__all__ = ["JoinShortestQueueRouter", "RoundRobinRouter", "Router", "make_router"]
+__all__ = [
+    "ROUTER_NAMES", "JoinShortestQueueRouter", "LeastTokensRouter", "MixedPool", "PowerOfTwoRouter",
+    "PrefixAwareRouter", "RoundRobinRouter", "Router", "make_router",
+]

@@ -7,16 +7,28 @@ arrives during the window cuts it at the end of the iteration in progress, exact
 stepping one iteration at a time would first see it. Iteration end times are accumulated in the same
 order in both modes, so results are bit-identical to stepping every iteration (``max_window=1``;
 tests/test_sim.py checks it).
+
+With pipeline parallelism (``stages`` > 1) the loop keeps up to ``stages`` batches in flight, one
+per stage, like vLLM v1's batch queue (``max_concurrent_batches`` = PP size, ``step_with_batch_queue``
+in ``vllm/v1/engine/core.py``): whenever fewer are in flight it forms the next batch from requests not
+already in one (``BatchScheduler.in_flight``), and the batch goes through the stages in order. Stage
+``s`` of batch ``k`` starts when stage ``s-1`` of batch ``k`` has ended (its time includes the hand-off)
+and stage ``s`` of batch ``k-1`` is free (a flow shop; batches never overtake), so a batch takes the sum
+of its stage times and a full pipeline completes one batch per slowest stage time. The whole schedule
+of a batch is known when it is formed (earlier batches fixed every stage's free time); the loop steps
+one batch at a time (no decode windows). See docs/pipeline.md.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import deque
 from typing import Callable
 
 import simpy
 
 from pdsim.core.request import Request
+from pdsim.errors import InvariantViolation
 from pdsim.latency.base import LatencyModel
 from pdsim.scheduling.batch import Batch, BatchScheduler, Completion
 
@@ -31,6 +43,8 @@ class Instance:
         latency: the instance's latency model.
         max_window: most iterations one pure-decode window may cover (1 = step every iteration).
         on_completion: called with (instance, completion, time_s) after every window.
+        stages: pipeline-parallel stages (1 = no PP); with more, ``latency.stage_times_s`` gives that
+            many stage times and up to ``stages`` batches are in flight.
     """
 
     def __init__(
@@ -42,6 +56,7 @@ class Instance:
         latency: LatencyModel,
         max_window: int,
         on_completion: Callable[["Instance", Completion, float], None],
+        stages: int = 1,
     ):
         self.env = env
         self.name = name
@@ -49,7 +64,8 @@ class Instance:
         self.scheduler = scheduler
         self.latency = latency
         self.max_window = max_window
-        self.on_completion = on_completion
+        self.on_completion = self._counting(on_completion)
+        self.held_requests = 0  # requests given to this instance (enqueue, offer) and not yet gone
         self.clock_s = 0.0
         self.busy_s = 0.0
         self.iterations = 0
@@ -60,16 +76,29 @@ class Instance:
         self._target = 0
         self._gen = 0
         self._window_decode = 0
-        env.process(self._run())
+        self._window_batch: Batch | None = None  # the batch of the window in flight
+        if stages < 1:
+            raise ValueError(f"{name}: stages must be >= 1, got {stages}")
+        self.stages = stages
+        self.stage_busy_s = [0.0] * stages  # time each stage spent on batches
+        self._in_flight: deque[tuple[Batch, float]] = deque()  # (batch, end of its last stage), in order
+        self._head_due = False
+        env.process(self._run() if stages == 1 else self._run_pipelined())
 
     # -- outside world -----------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
         """A new request for this instance."""
+        self.held_requests += 1
         self.scheduler.enqueue(req)
         self.poke()
 
     def poke(self) -> None:
         """Something changed for the scheduler: let it look at the next iteration boundary."""
+        if self.stages > 1:  # a pipeline forms a batch whenever fewer than ``stages`` are in flight
+            wake = self._wake
+            if len(self._in_flight) < self.stages and wake is not None and not wake.triggered:
+                wake.succeed()
+            return
         if self._idle:
             wake = self._wake
             if wake is not None and not wake.triggered:
@@ -92,6 +121,30 @@ class Instance:
             done = min(bisect_right(self._bounds, now_s), self._target + 1)
             load -= done * self._window_decode
         return load
+
+    def outstanding_requests(self, now_s: float) -> int:
+        """Requests held as of ``now_s``, for the ``jsq`` router: given to this instance (``enqueue``,
+        ``offer``) and not yet finished or handed off, i.e. waiting, in a batch (prefilling or
+        decoding), swapped out, and on a decode instance also waiting for blocks or in KV transfer.
+
+        Inside a multi-iteration decode window the batch's requests can only finish at the window's
+        last iteration (``decode_horizon`` stops there), so the count is exact mid-window; once that
+        iteration has ended (as in ``load_tokens``, an iteration ending at ``now_s`` counts as done)
+        the requests it finishes are no longer counted, even before the engine loop has applied it.
+        """
+        n = self.held_requests
+        if self._window_decode and not self._idle:
+            k = len(self._bounds)
+            if self._target == k - 1 and self._bounds[-1] <= now_s:
+                n -= sum(1 for r in self._window_batch.decode if r.output_tokens - r.generated <= k)
+        return n
+
+    def _counting(self, on_completion: Callable[["Instance", Completion, float], None]):
+        """``on_completion`` that first forgets the requests a completion finished or handed off."""
+        def counted(inst: "Instance", done: Completion, t_s: float) -> None:
+            inst.held_requests -= len(done.finished) + len(done.handed_off)
+            on_completion(inst, done, t_s)
+        return counted
 
     # -- engine loop -------------------------------------------------------------------------------
     def _arm(self, at_s: float) -> None:
@@ -129,6 +182,7 @@ class Instance:
             self._bounds = bounds
             self._target = len(bounds) - 1
             self._window_decode = len(batch.decode) if batch.is_pure_decode else 0
+            self._window_batch = batch
             self._wake = env.event()
             self._arm(bounds[-1])
             # Only the alarm of the current target wakes a busy instance (``poke`` re-arms earlier).
@@ -145,6 +199,80 @@ class Instance:
             completion = sched.complete(batch, n, bounds, gaps[n - 1])
             self._idle = True  # no window in flight while callbacks run
             self.on_completion(self, completion, end)
+
+    # -- pipelined engine loop (stages > 1) ---------------------------------------------------------
+    def _arm_head(self, at_s: float) -> None:
+        """Alarm at the end of the oldest in-flight batch (supersedes earlier alarms)."""
+        self._gen += 1
+        gen = self._gen
+        alarm = self.env.timeout(max(at_s - self.env.now, 0.0))
+        alarm.callbacks.append(lambda _ev: self._ring_head(gen))
+
+    def _ring_head(self, gen: int) -> None:
+        if gen == self._gen:
+            self._head_due = True
+            if self._wake is not None and not self._wake.triggered:
+                self._wake.succeed()
+
+    def _run_pipelined(self):
+        env = self.env
+        sched = self.scheduler
+        pp = self.stages
+        in_flight = self._in_flight
+        busy = sched.in_flight
+        stage_free = [0.0] * pp
+        stage_busy = self.stage_busy_s
+        armed_for: float | None = None
+        while True:
+            now = env.now
+            if self._head_due:  # the oldest batch has left the last stage
+                self._head_due = False
+                batch, end = in_flight.popleft()
+                armed_for = None
+                now = end
+                for req in batch.prefill:
+                    busy.discard(req.id)
+                for req in batch.decode:
+                    busy.discard(req.id)
+                self.iterations += 1
+                self.windows += 1
+                self.clock_s = end
+                self.on_completion(self, sched.complete(batch, 1, [end], 0.0), end)
+            while len(in_flight) < pp:
+                self._before_schedule()
+                batch = sched.next_batch()
+                if batch is None:
+                    break
+                in_flight.append((batch, self._launch(batch, now, stage_free, stage_busy, busy)))
+            self._idle = not in_flight
+            self._wake = env.event()
+            if in_flight and armed_for is None:
+                armed_for = in_flight[0][1]
+                self._arm_head(armed_for)
+            yield self._wake
+
+    def _launch(self, batch: Batch, now_s: float, stage_free: list[float], stage_busy: list[float], busy: set[int]) -> float:
+        """Schedule ``batch`` through every stage from ``now_s``; returns the end of its last stage."""
+        ids = [r.id for r in batch.prefill] + [r.id for r in batch.decode]
+        if not busy.isdisjoint(ids):
+            raise InvariantViolation(f"{self.name}: requests {sorted(busy.intersection(ids))} scheduled in two in-flight batches")
+        busy.update(ids)
+        times = self.latency.stage_times_s(batch.shape)
+        if len(times) != self.stages:
+            raise InvariantViolation(f"{self.name}: latency model gave {len(times)} stage times for {self.stages} stages")
+        swap_s = batch.swap_s  # every stage's GPUs swap their own KV shard before computing
+        t = now_s
+        for s, dt in enumerate(times):
+            start = stage_free[s] if stage_free[s] > t else t
+            if s == 0:
+                for req in batch.prefill:
+                    if req.prefill_start_s != req.prefill_start_s:
+                        req.prefill_start_s = start
+            t = start + dt + swap_s
+            stage_free[s] = t
+            stage_busy[s] += t - start
+        self.busy_s += sum(times) / self.stages + swap_s
+        return t
 
     def _plan(self, batch: Batch, start_s: float) -> tuple[list[float], list[float]]:
         """End times of the window's iterations and the running max of the gaps between them."""
@@ -179,6 +307,7 @@ class DecodeInstance(Instance):
 
     def offer(self, req: Request) -> None:
         """A prefilled request routed here; it waits for KV blocks, then for its transfer."""
+        self.held_requests += 1
         self.scheduler.offer(req)  # type: ignore[attr-defined]  # a DecodeOnlyScheduler, by construction
         self.poke()
 

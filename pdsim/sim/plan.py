@@ -26,14 +26,40 @@ from pdsim.core.memory import activation_reserve_bytes, kv_capacity_blocks
 from pdsim.errors import CapacityError, ConfigError, ProfileError
 from pdsim.hardware.gpus import GpuSpec, load_gpu_catalog, lookup_gpu
 from pdsim.hardware.links import LINK_DEFAULTS, LinkSpec
-from pdsim.latency.base import LatencyModel
+from pdsim.hardware.topology import TopologyPlan, resolve_topology
+from pdsim.latency.base import LatencyModel, pp_layer_split
 from pdsim.latency.constant import ConstantLatencyModel
 from pdsim.latency.oplevel import OpLevelModel
+from pdsim.latency.stages import StagedLatencyModel
 from pdsim.latency.table import GPU_KEYS, MODEL_KEYS, SplitwiseTableModel
 from pdsim.models.arch import ModelSpec, dtype_bytes, load_model_catalog, model_from_hf_config
 from pdsim.profiles.format import find_profile, load_profile
+from pdsim.routing.routers import MixedPool
 
 GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One pipeline stage of a pool configured with ``stages`` (docs/pipeline.md).
+
+    Attributes:
+        gpu: the stage's GPU type (the stage has ``tp`` of them).
+        layers: decoder layers it runs.
+        weight_bytes_per_gpu, kv_bytes_per_token_per_gpu: its memory arithmetic (its layers only; the
+            first stage also holds the embedding, the last the final norm and LM head).
+        capacity_blocks: KV blocks its GPUs hold for its layers.
+        price_usd_per_gpu_hour: price of one of its GPUs.
+        latency_source: its latency model's source (a whole-model model on this GPU type).
+    """
+
+    gpu: GpuSpec
+    layers: int
+    weight_bytes_per_gpu: int
+    kv_bytes_per_token_per_gpu: int
+    capacity_blocks: int
+    price_usd_per_gpu_hour: float
+    latency_source: tuple
 
 
 @dataclass(frozen=True)
@@ -47,7 +73,10 @@ class PoolPlan:
         scheduler: the effective scheduler settings.
         capacity_blocks: KV blocks per instance.
         weight_bytes_per_gpu, activation_bytes_per_gpu, kv_bytes_per_token_per_gpu: memory arithmetic.
-        price_usd_per_gpu_hour: price used for cost.
+        price_usd_per_gpu_hour: price used for cost (the mean over stages for ``stages`` pools).
+        stage_layers: decoder layers per PP stage (vLLM's split unless ``stages`` gives them).
+        stages: per-stage plans when the config gives ``stages`` (then ``gpu`` is stage 0's, memory
+            figures are the most loaded stage's, ``capacity_blocks`` the minimum over stages).
     """
 
     role: str
@@ -64,10 +93,17 @@ class PoolPlan:
     price_usd_per_gpu_hour: float
     latency_source: tuple
     latency_source_kinds: tuple[str, ...] = ()
+    stage_layers: tuple[int, ...] = ()
+    stages: tuple[StagePlan, ...] = ()
 
     @property
     def gpus(self) -> int:
         return self.tp * self.pp * self.instances
+
+    @property
+    def gpu_label(self) -> str:
+        """The GPU type, or the stages' types joined by ``+`` (``H100-SXM+A100-80GB-SXM``)."""
+        return "+".join(st.gpu.name for st in self.stages) if self.stages else self.gpu.name
 
     @property
     def derived(self) -> bool:
@@ -76,6 +112,8 @@ class PoolPlan:
 
     @property
     def usd_per_hour(self) -> float:
+        if self.stages:  # each stage's tp GPUs at its own price
+            return self.instances * self.tp * sum(st.price_usd_per_gpu_hour for st in self.stages)
         return self.gpus * self.price_usd_per_gpu_hour
 
     @property
@@ -87,16 +125,9 @@ class PoolPlan:
         return int(self.capacity_blocks * self.scheduler.watermark_fraction)
 
     def build_latency(self) -> LatencyModel:
-        kind, *args = self.latency_source
-        match kind:
-            case "splitwise_table":
-                path, model_key, hw_key, scale = args
-                return SplitwiseTableModel(Path(path), model_key, hw_key, self.tp, scale)
-            case "constant":
-                return ConstantLatencyModel(args[0])
-            case "op_level":
-                return _op_level_model(self.latency_source, self.gpu).fresh()
-        raise ConfigError(f"unknown latency kind {kind!r}")  # unreachable: schema restricts kinds
+        if self.stages:
+            return StagedLatencyModel([_build_latency(st.latency_source, st.gpu, self.tp, self.stage_layers) for st in self.stages])
+        return _build_latency(self.latency_source, self.gpu, self.tp, self.stage_layers or (1,))
 
     def describe(self) -> dict:
         return {
@@ -104,6 +135,11 @@ class PoolPlan:
             "gpu": self.gpu.name,
             "tp": self.tp,
             "pp": self.pp,
+            **({"stage_layers": list(self.stage_layers)} if self.pp > 1 else {}),
+            **({"stages": [{"gpu": st.gpu.name, "layers": st.layers, "capacity_blocks": st.capacity_blocks,
+                            "weight_gib_per_gpu": st.weight_bytes_per_gpu / GIB,
+                            "price_usd_per_gpu_hour": st.price_usd_per_gpu_hour} for st in self.stages]}
+               if self.stages else {}),
             "instances": self.instances,
             "latency_source_kinds": list(self.latency_source_kinds),
             "latency": self.build_latency().describe(),
@@ -131,6 +167,8 @@ class DeploymentPlan:
     kv_dtype_bytes: int
     pools: tuple[PoolPlan, ...]
     link: LinkSpec | None
+    mixed_pool: MixedPool | None = None  # Splitwise's mixed pool (disaggregated only; None = off)
+    topology: TopologyPlan | None = None  # nodes, links, KV path (disaggregated with ``topology:``; then link is None)
 
     @property
     def gpus(self) -> int:
@@ -153,7 +191,9 @@ class DeploymentPlan:
             # Without chunked prefill a request preempted late re-prefills prompt + generated tokens
             # (up to prompt + output - 1) in one iteration, so that must fit the token budget; vLLM
             # enforces the same by requiring max_num_batched_tokens >= max_model_len.
-            if prompt_tokens + output_tokens - 1 > pool.scheduler.max_num_batched_tokens:
+            # With chunked prefill any length fits (it is split).
+            if (not pool.scheduler.enable_chunked_prefill
+                    and prompt_tokens + output_tokens - 1 > pool.scheduler.max_num_batched_tokens):
                 return RejectReason.EXCEEDS_TOKEN_BUDGET.value
             need = total if pool.role != "prefill" else prompt_tokens
             if blocks_for(need, pool.scheduler.block_size) > pool.capacity_blocks - pool.watermark_blocks:
@@ -171,6 +211,7 @@ class DeploymentPlan:
             "pools": [p.describe() for p in self.pools],
             "kv_link": None if self.link is None else {
                 "kind": self.link.kind, "bandwidth_gbps": self.link.bandwidth_gbps, "latency_s": self.link.latency_s},
+            **({} if self.topology is None else {"topology": self.topology.describe()}),
         }
 
 
@@ -225,8 +266,15 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
         CapacityError: the model does not fit in the instance's GPUs.
         ProfileError: the latency profile cannot serve this model / GPU / TP.
     """
+    if cfg.stages is not None:
+        return _plan_staged_pool(exp, cfg, role, model, where)
+    if cfg.pp > model.num_layers:
+        raise ConfigError(f"{exp.path}: {where}.pp: {cfg.pp} stages exceed the {model.num_layers} layers of {model.name}")
     gpu = lookup_gpu(load_gpu_catalog(), cfg.gpu, f"{exp.path}: {where}.gpu")
     sched = cfg.scheduler.over(exp.config.scheduler)
+    if sched.enable_prefix_caching and sched.prefix_unit_tokens % sched.block_size:
+        raise ConfigError(f"{exp.path}: {where}.scheduler.prefix_unit_tokens: {sched.prefix_unit_tokens} is not a "
+                          f"multiple of block_size {sched.block_size}")
     mc = exp.config.model
     nbytes = dtype_bytes(mc.dtype)
     act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
@@ -258,7 +306,102 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
         role=role, config=cfg, gpu=gpu, tp=cfg.tp, pp=cfg.pp, instances=cfg.instances, scheduler=sched,
         capacity_blocks=blocks, weight_bytes_per_gpu=weights, activation_bytes_per_gpu=act,
         kv_bytes_per_token_per_gpu=kv_tok, price_usd_per_gpu_hour=float(price),
-        latency_source=source, latency_source_kinds=kinds,
+        latency_source=source, latency_source_kinds=kinds, stage_layers=pp_layer_split(model.num_layers, cfg.pp),
+    )
+    plan.build_latency()  # validate now, with the config location in any error
+    return plan
+
+
+def _build_latency(source: tuple, gpu: GpuSpec, tp: int, stage_layers: tuple[int, ...]) -> LatencyModel:
+    """A fresh latency model of ``source`` on ``gpu``, split into ``stage_layers`` PP stages."""
+    kind, *args = source
+    match kind:
+        case "splitwise_table":
+            path, model_key, hw_key, scale = args
+            return SplitwiseTableModel(Path(path), model_key, hw_key, tp, scale, stage_layers=stage_layers)
+        case "constant":
+            return ConstantLatencyModel(args[0], stage_layers)
+        case "op_level":
+            return _op_level_model(source, gpu).fresh()
+    raise ConfigError(f"unknown latency kind {kind!r}")  # unreachable: schema restricts kinds
+
+
+def _stage_kv_bytes_per_token_per_gpu(model: ModelSpec, tp: int, layers: int, kv_dtype_bytes: int) -> int:
+    """KV bytes per token on one GPU of a stage of ``layers`` layers: 2 x layers x kv_heads_per_gpu x
+    head_dim x bytes (``ModelSpec.kv_bytes_per_token_per_gpu`` for one stage)."""
+    return 2 * layers * model.kv_heads_per_gpu(tp) * model.head_dim * kv_dtype_bytes
+
+
+def _plan_staged_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpec, where: str) -> PoolPlan:
+    """``plan_pool`` for a pool with explicit ``stages`` (possibly of different GPU types).
+
+    Each stage is checked on its own GPU with its own layers (weights, activation reserve, KV); the
+    instance holds the fewest blocks any stage holds (every stage stores its layers' share of every
+    block). Price is summed per stage; latency is per stage (``StagedLatencyModel``).
+    """
+    layers = tuple(st.layers for st in cfg.stages)
+    if sum(layers) != model.num_layers:
+        raise ConfigError(
+            f"{exp.path}: {where}.stages: layers {list(layers)} sum to {sum(layers)}; {model.name} has {model.num_layers} layers"
+        )
+    sched = cfg.scheduler.over(exp.config.scheduler)
+    if sched.enable_prefix_caching and sched.prefix_unit_tokens % sched.block_size:
+        raise ConfigError(f"{exp.path}: {where}.scheduler.prefix_unit_tokens: {sched.prefix_unit_tokens} is not a "
+                          f"multiple of block_size {sched.block_size}")
+    mc = exp.config.model
+    nbytes = dtype_bytes(mc.dtype)
+    act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
+    if sched.activation_reserve_gib is not None:
+        act = int(sched.activation_reserve_gib * GIB)
+    else:
+        act = activation_reserve_bytes(model, cfg.tp, sched.max_num_batched_tokens, sched.max_num_seqs, act_bytes)
+    kv_nbytes = dtype_bytes(mc.effective_kv_dtype)
+    catalog = load_gpu_catalog()
+    pp = len(layers)
+    stages = []
+    kinds: set[str] = set()
+    for i, st in enumerate(cfg.stages):
+        w = f"{where}.stages[{i}]"
+        gpu = lookup_gpu(catalog, st.gpu or cfg.gpu, f"{exp.path}: {w}.gpu")
+        weights = model.stage_weight_bytes_per_gpu(cfg.tp, pp, i, st.layers, nbytes)
+        kv_tok = _stage_kv_bytes_per_token_per_gpu(model, cfg.tp, st.layers, kv_nbytes)
+        blocks, budget = kv_capacity_blocks(gpu.memory_bytes, sched.gpu_memory_utilization, weights, act, kv_tok, sched.block_size)
+        if blocks < 1:
+            raise CapacityError(
+                f"{exp.path}: {w}: {st.layers} layers of {model.name} do not fit on {gpu.name} with tp={cfg.tp}: per GPU "
+                f"{gpu.memory_bytes / 1e9:.0f} GB x {sched.gpu_memory_utilization} utilisation - weights "
+                f"{weights / 1e9:.1f} GB - activations {act / 1e9:.1f} GB leaves {budget / 1e9:.2f} GB for the KV cache "
+                f"(one block needs {kv_tok * sched.block_size / 1e6:.2f} MB)"
+            )
+        price = next((v for v in (st.price_usd_per_gpu_hour, cfg.price_usd_per_gpu_hour) if v is not None), gpu.price_usd_per_hour)
+        if price != price:
+            raise ConfigError(f"{exp.path}: {w}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
+        stage_cfg = cfg.model_copy(update={"latency": st.latency if st.latency is not None else cfg.latency})
+        source = _latency_source(exp, stage_cfg, model, gpu, w)
+        if source[0] == "op_level":
+            source = (*source, layers)
+            try:
+                profiles = _op_level_model(source, gpu).profiles
+            except ProfileError as exc:
+                raise ProfileError(f"{exp.path}: {w}.latency: {exc}") from None
+            measured_on = {p.meta.gpu for p in profiles if p.meta.gpu}
+            if measured_on and gpu.name not in measured_on:
+                raise ConfigError(
+                    f"{exp.path}: {w}.latency: profiles {[p.name for p in profiles]} were measured on {sorted(measured_on)}, "
+                    f"not on this stage's {gpu.name}; give the stage its own latency"
+                )
+            kinds.update(p.source_kind for p in profiles)
+        else:
+            kinds.update({"splitwise_table": ("imported",), "constant": ("constant",)}[source[0]])
+        stages.append(StagePlan(gpu, st.layers, weights, kv_tok, blocks, float(price), source))
+    plan = PoolPlan(
+        role=role, config=cfg, gpu=stages[0].gpu, tp=cfg.tp, pp=pp, instances=cfg.instances, scheduler=sched,
+        capacity_blocks=min(st.capacity_blocks for st in stages),
+        weight_bytes_per_gpu=max(st.weight_bytes_per_gpu for st in stages), activation_bytes_per_gpu=act,
+        kv_bytes_per_token_per_gpu=max(st.kv_bytes_per_token_per_gpu for st in stages),
+        price_usd_per_gpu_hour=sum(st.price_usd_per_gpu_hour for st in stages) / pp,
+        latency_source=stages[0].latency_source, latency_source_kinds=tuple(sorted(kinds)),
+        stage_layers=layers, stages=tuple(stages),
     )
     plan.build_latency()  # validate now, with the config location in any error
     return plan
@@ -273,10 +416,11 @@ def _op_level_model(source: tuple, gpu: GpuSpec) -> OpLevelModel:
     key = (source, gpu.name)
     model = _OP_LEVEL_CACHE.get(key)
     if model is None:
-        _, paths, spec, tp, pp, dtype, kv_dtype, overhead_s, backend = source
+        _, paths, spec, tp, pp, dtype, kv_dtype, overhead_s, backend, *stage_layers = source  # + layers per stage
         profiles = [load_profile(p) for p in paths]
         model = OpLevelModel(profiles, spec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu,
-                             iteration_overhead_s=overhead_s, all_reduce_backend=backend)
+                             iteration_overhead_s=overhead_s, all_reduce_backend=backend,
+                             stage_layers=stage_layers[0] if stage_layers else None)
         _OP_LEVEL_CACHE[key] = model
     return model
 
@@ -304,5 +448,11 @@ def plan_deployments(exp: LoadedExperiment) -> list[DeploymentPlan]:
                     bandwidth_gbps=d.kv_link.bandwidth_gbps if d.kv_link.bandwidth_gbps is not None else base.bandwidth_gbps,
                     latency_s=d.kv_link.latency_s if d.kv_link.latency_s is not None else base.latency_s,
                 )
-        plans.append(DeploymentPlan(d.name, d.kind, model, max_ctx, kv_nbytes, pools, link))
+        topology = None
+        if getattr(d, "topology", None) is not None:
+            topology = resolve_topology(d.topology, pools[0], pools[1], model, kv_nbytes, f"{exp.path}: {where}")
+            link = None
+        mixed = getattr(d, "mixed_pool", None)  # only disaggregated deployments have one
+        mixed = None if mixed is None else MixedPool(mixed.prefill_queue_tokens)
+        plans.append(DeploymentPlan(d.name, d.kind, model, max_ctx, kv_nbytes, pools, link, mixed, topology))
     return plans

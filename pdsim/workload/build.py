@@ -1,4 +1,5 @@
-"""Turn a workload spec (config) into the frame of requests a simulation replays."""
+"""Turn a workload spec (config) into the requests a simulation runs: a frame (open loop) or a
+:class:`~pdsim.workload.closed_loop.ClosedLoopRequests` (closed loop)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pdsim.config.workload import (
+    ClosedLoopWorkload,
     FixedLengths,
     GammaWorkload,
     LengthSpec,
@@ -18,13 +20,18 @@ from pdsim.config.workload import (
     WorkloadSpec,
 )
 from pdsim.errors import ConfigError
+from pdsim.workload.closed_loop import ClosedLoopRequests
 from pdsim.workload.synthetic import gamma_arrivals_s, poisson_arrivals_s
 from pdsim.workload.traces import load_trace
 
-__all__ = ["build_workload"]
+__all__ = ["Workload", "build_workload", "describe_workload", "planned_requests"]
+
+Workload = pd.DataFrame | ClosedLoopRequests
+"""What :func:`build_workload` returns and ``pdsim.sim.cluster.simulate`` runs: an open-loop frame of
+requests with their arrival times, or the pre-drawn rows of a closed loop."""
 
 
-def build_workload(spec: WorkloadSpec, base_dir: Path | str, seed_seq: np.random.SeedSequence) -> pd.DataFrame:
+def build_workload(spec: WorkloadSpec, base_dir: Path | str, seed_seq: np.random.SeedSequence) -> Workload:
     """Build the requests of one workload.
 
     Trace workloads (:class:`~pdsim.config.workload.TraceWorkload`): the trace is loaded with
@@ -36,12 +43,20 @@ def build_workload(spec: WorkloadSpec, base_dir: Path | str, seed_seq: np.random
 
     Synthetic workloads (Poisson, Gamma): arrivals come from
     :mod:`pdsim.workload.synthetic` (first arrival at the first gap, not 0); lengths are fixed or
-    sampled jointly, uniformly with replacement, from a trace's (prompt, output) pairs. Arrivals and
+    taken jointly from a trace's (prompt, output) pairs: sampled uniformly with replacement, or the
+    trace's rows in order (``sampling: sequential``, wrapping around). Arrivals and
     lengths use two independent streams derived from ``seed_seq`` (children ``spawn_key + (0,)`` and
     ``spawn_key + (1,)``, exactly what ``seed_seq.spawn(2)`` would give on a fresh sequence) without
     mutating ``seed_seq``, so calling this twice with the same arguments gives identical frames. Give
     it a seed sequence dedicated to the workload (e.g. one child of the run's root sequence). Synthetic
     frames never carry ``hash_ids`` (resampled prompts have no real prefix-block identity).
+
+    Closed-loop workloads (:class:`~pdsim.config.workload.ClosedLoopWorkload`) have no arrival times
+    before the simulation: they become a :class:`~pdsim.workload.closed_loop.ClosedLoopRequests`, whose
+    row ``i`` (lengths drawn jointly, uniformly with replacement, from the trace's pairs, or fixed;
+    think time) is the ``i``-th request submitted. It keeps ``seed_seq`` (not mutated) and draws rows in
+    chunks from its children (see that module); with ``sampling: sequential`` row ``i`` has the
+    trace's row ``i`` lengths (wrapping around).
 
     Args:
         spec: the workload section of an experiment.
@@ -49,7 +64,8 @@ def build_workload(spec: WorkloadSpec, base_dir: Path | str, seed_seq: np.random
         seed_seq: seed sequence for this workload.
 
     Returns:
-        DataFrame with RangeIndex and columns ``request_id`` (int64, 0..n-1 in arrival order),
+        For a closed loop, a ``ClosedLoopRequests``; otherwise a DataFrame with RangeIndex and columns
+        ``request_id`` (int64, 0..n-1 in arrival order),
         ``arrival_s`` (float64 seconds, non-decreasing), ``prompt_tokens`` (int64 >= 1),
         ``output_tokens`` (int64 >= 1), and ``hash_ids`` (object, lists of int) when the trace has them.
 
@@ -64,6 +80,8 @@ def build_workload(spec: WorkloadSpec, base_dir: Path | str, seed_seq: np.random
             return _trace_workload(spec, base_dir)
         case PoissonWorkload() | GammaWorkload():
             return _synthetic_workload(spec, base_dir, seed_seq)
+        case ClosedLoopWorkload():
+            return _closed_loop_workload(spec, base_dir, seed_seq)
         case _:
             raise ConfigError(f"unknown workload kind {getattr(spec, 'kind', type(spec).__name__)!r}")
 
@@ -121,6 +139,47 @@ def _synthetic_workload(
     return _with_request_ids(frame)
 
 
+def planned_requests(workload: Workload) -> int | None:
+    """Requests a run of ``workload`` submits: the frame's length, a closed loop's ``num_requests``, or
+    None when only its ``duration_s`` bounds it (the count is then an outcome of the simulation)."""
+    match workload:
+        case ClosedLoopRequests():
+            return workload.max_requests
+        case _:
+            return len(workload)
+
+
+def describe_workload(workload: Workload) -> dict:
+    """For the run manifest: ``{"arrival_process": "open_loop", "requests": n}`` for a frame, the
+    clients, stop rule and think time for a closed loop (``ClosedLoopRequests.describe``)."""
+    match workload:
+        case ClosedLoopRequests():
+            return workload.describe()
+        case _:
+            return {"arrival_process": "open_loop", "requests": len(workload)}
+
+
+def _closed_loop_workload(spec: ClosedLoopWorkload, base_dir: Path, seed_seq: np.random.SeedSequence) -> ClosedLoopRequests:
+    sampling = "uniform"
+    match spec.lengths:
+        case FixedLengths():
+            prompt_pool = np.array([spec.lengths.prompt_tokens], dtype=np.int64)
+            output_pool = np.array([spec.lengths.output_tokens], dtype=np.int64)
+        case TraceLengths():
+            trace = load_trace(_resolve(base_dir, spec.lengths.path), spec.lengths.format)
+            prompt_pool = trace["prompt_tokens"].to_numpy(dtype=np.int64)
+            output_pool = trace["output_tokens"].to_numpy(dtype=np.int64)
+            sampling = spec.lengths.sampling
+        case _:
+            raise ConfigError(f"unknown lengths kind {getattr(spec.lengths, 'kind', type(spec.lengths).__name__)!r}")
+    return ClosedLoopRequests(
+        clients=spec.clients, num_requests=spec.num_requests, duration_s=spec.duration_s,
+        think_time_s=spec.think_time_s, think_time_distribution=spec.think_time_distribution,
+        ramp_up_s=spec.ramp_up_s, prompt_pool=prompt_pool, output_pool=output_pool, seed_seq=seed_seq,
+        sampling=sampling,
+    )
+
+
 def _lengths(
     spec: LengthSpec, n: int, base_dir: Path, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +189,10 @@ def _lengths(
             return (np.full(n, spec.prompt_tokens, dtype=np.int64), np.full(n, spec.output_tokens, dtype=np.int64))
         case TraceLengths():
             trace = load_trace(_resolve(base_dir, spec.path), spec.format)
-            idx = rng.integers(0, len(trace), size=n)
+            if spec.sampling == "sequential":
+                idx = np.arange(n, dtype=np.int64) % len(trace)
+            else:
+                idx = rng.integers(0, len(trace), size=n)
             return (
                 trace["prompt_tokens"].to_numpy(dtype=np.int64)[idx],
                 trace["output_tokens"].to_numpy(dtype=np.int64)[idx],

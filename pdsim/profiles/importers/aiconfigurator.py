@@ -46,7 +46,18 @@ Table mapping (backend ``vllm``; the newest version directory that holds each ta
   all-reduce for small messages and falls back to NCCL / symmetric memory above its size limit, and
   the rows time whatever vLLM dispatched). ``message_size`` is in **elements** (``collector/
   collect_all_reduce.py``: the input is ``torch.ones([size // 4096, 4096])`` or ``[1, size]``).
-- ``moe`` and ``mla`` tables are not imported (no such tables in profile format v1).
+- ``moe/vllm/<v>/moe_perf.parquet`` -> ``moe``: vLLM's ``fused_experts`` (``collector/vllm/collect_moe.py``)
+  timed on one GPU for ``num_tokens`` bf16 hidden states with the routing (top-k ids and weights)
+  computed beforehand, so ``latency`` is the fused routed-expert kernel of one MoE layer (permute, gate/up
+  grouped GEMM, SiLU x mul, down grouped GEMM, weighted combine): no router GEMM, no communication.
+  ``inter_size`` is the expert's full intermediate size; the GPU holds ``inter_size // moe_tp_size`` of
+  ``num_experts / moe_ep_size`` experts (``determine_expert_map``). Kept: ``distribution == balanced``
+  (``balanced_logits``: every expert gets the same number of tokens; the power-law rows model skewed
+  routing, which pdsim does not model) and ``moe_dtype`` bfloat16 -> bf16, fp8 -> fp8 (per-tensor W8A8,
+  ``fp8_w8a8_moe_quant_config`` with static activation scales). Dropped, with counts in the notes:
+  fp8_block, nvfp4, mxfp4 and int4 rows (no pdsim dtype) and the power-law rows. Column names as
+  upstream; ``moe_dtype`` -> ``dtype``.
+- ``mla`` tables are not imported (no such table in profile format v1).
 
 Duplicate keys: rows of one key measured by several ``kernel_source`` values keep the kernel with the
 most rows in that upstream table (the backend vLLM selects for most shapes on that GPU; ties: the
@@ -101,6 +112,9 @@ COMM_DTYPES = {
     "fp8": ("fp8", 1),
 }
 NCCL_OPS = ("all_reduce", "all_gather", "reduce_scatter")
+MOE_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
+MOE_DISTRIBUTIONS = ("balanced",)
+MOE_KEYS = ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size")
 CUSTOM_AR_BACKENDS = {"vllm_graph": "vllm_custom_graph", "vllm_eager": "vllm_custom_eager"}
 
 
@@ -385,6 +399,41 @@ def convert_custom_allreduce(raw: pd.DataFrame, where: str = "custom_allreduce_p
     return out, notes
 
 
+def convert_moe(raw: pd.DataFrame, where: str = "moe_perf") -> tuple[pd.DataFrame, list[str]]:
+    """``moe_perf`` rows -> the ``moe`` table (balanced bf16 / fp8 rows; see the module docstring).
+    Returns an empty frame (and a note) when no row is kept."""
+    notes: list[str] = []
+    other = raw.loc[~raw.moe_dtype.isin(list(MOE_DTYPES)), "moe_dtype"].value_counts()
+    if len(other):
+        notes.append("moe: dropped dtypes " + ", ".join(f"{k} ({v} rows)" for k, v in sorted(other.items()))
+                     + " (no pdsim dtype for block-scaled FP8, FP4 or INT4 experts)")
+    df = raw.loc[raw.moe_dtype.isin(list(MOE_DTYPES))]
+    skew = df.loc[~df.distribution.isin(MOE_DISTRIBUTIONS), "distribution"].value_counts()
+    if len(skew):
+        notes.append("moe: dropped distributions " + ", ".join(f"{k} ({v} rows)" for k, v in sorted(skew.items()))
+                     + " (skewed routing; pdsim models balanced routing only)")
+    df = df.loc[df.distribution.isin(MOE_DISTRIBUTIONS)]
+    if df.empty:
+        notes.append(f"moe: no {'/'.join(MOE_DISTRIBUTIONS)} rows of dtype {', '.join(sorted(MOE_DTYPES))}; no moe table")
+        return pd.DataFrame(), notes
+    out = pd.DataFrame({
+        "dtype": df.moe_dtype.map(MOE_DTYPES), "distribution": df.distribution.astype(str),
+        **{k: df[k].astype("int64") for k in MOE_KEYS},
+        LATENCY: _seconds(df, where), "kernel_source": df.kernel_source.astype(str),
+    })
+    out, by_kernel = _pick_kernel(out, ["dtype", "distribution", *MOE_KEYS])
+    if by_kernel:
+        notes.append(f"moe: keys measured by several kernels; kept the kernel with the most rows, dropped {by_kernel}")
+    out, merged = merge_duplicates(out, "moe", ("kernel_source",))
+    if merged:
+        notes.append(f"moe: {merged} repeated rows merged into their key's median")
+    kernels = out.groupby("dtype").kernel_source.unique()
+    notes.append("moe: latency = vLLM fused_experts of one layer for num_tokens tokens (no router GEMM, no "
+                 "communication); inter_size unsharded (GPU holds inter_size / moe_tp_size); kernels: "
+                 + "; ".join(f"{d}: {', '.join(sorted(v))}" for d, v in kernels.items()))
+    return out, notes
+
+
 # ---------------------------------------------------------------------------------------------------
 # The importer
 # ---------------------------------------------------------------------------------------------------
@@ -469,13 +518,24 @@ def import_aiconfigurator(src_dir: str | Path, system: str, out_dir: str | Path,
         if n:
             notes.append(f"collective: {n} repeated rows merged into their key's median")
         tables["collective"] = merged
+    f = lay.table("moe", BACKEND, "moe_perf")
+    if f is not None:
+        raw = _read(f, ("device", "kernel_source", "moe_dtype", "distribution", *MOE_KEYS, "latency"))
+        df, more = convert_moe(raw, str(f))
+        notes += more
+        if len(df):
+            devices |= set(raw.device.astype(str))
+            versions["moe"] = f"vllm {_versions(raw)}"
+            tables["moe"] = df
+        else:
+            lay.files.remove(f)  # nothing of it is in the profile
     if not tables:
         raise ProfileError(f"{lay.data_dir}: no vllm gemm, attention or comm tables found")
     if len(devices) != 1:
         raise ProfileError(f"{lay.data_dir}: tables name several devices {sorted(devices)}; expected one")
-    skipped = sorted(p.name for p in lay.data_dir.iterdir() if p.is_dir() and p.name not in ("gemm", "attention", "comm"))
+    skipped = sorted(p.name for p in lay.data_dir.iterdir() if p.is_dir() and p.name not in ("gemm", "attention", "comm", "moe"))
     if skipped:
-        notes.append(f"not imported: {', '.join(skipped)} tables (profile format v1 has no MoE / MLA tables)")
+        notes.append(f"not imported: {', '.join(skipped)} tables (profile format v1 has no such tables)")
     notes.append("table versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
     notes.append("latency: aiconfigurator's mean over CUDA-graph replays (nccl: nccl-tests average), ms -> s; no spread columns")
 

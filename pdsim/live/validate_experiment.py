@@ -1,0 +1,211 @@
+"""``pdsim validate EXPERIMENT.yaml``: one file that says how to validate the simulator against the live
+engine on this machine: profile (or use a named profile), measure the engine's per-iteration overhead (or
+read / give it), run the trace live (colocated or disaggregated), simulate the same model, deployment and
+requests, and write the report (``pdsim.live.validate.validate``).
+
+The YAML (unknown keys are errors; paths relative to the file's directory)::
+
+    name: validate-cpu
+    mode: colocated                    # or disaggregated (a prefill and a decode worker process)
+    trace: ../traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv
+    max_requests: 300                  # trace_format, rate_scale, window_start_s, window_duration_s too
+    rate_scale: 1.1
+    max_prompt_tokens: 512
+    max_output_tokens: 64
+    threads: 2                         # torch threads (disaggregated: per worker)
+    engine: {dtype: fp32, max_num_batched_tokens: 8192, kv_capacity_tokens: 32768}   # EngineSettings
+    profile: {name: cpu-epyc-2c}       # or {measure: quick | full} (into OUT/profile), or {} (by threads)
+    iteration_overhead: {file: ../benchmarks/results/engine_overhead_cpu-epyc-2c.json}
+                                       # or {value_s: 0.001}, {measure: true} (before the live run), {}
+    slo: {ttft_s: 1.0, tpot_s: 0.1}
+    out: ../results/validate-cpu       # the CLI's --out overrides it
+
+OUT gets ``live/`` (the ``pdsim live`` run directory), ``validate/`` (the report), and ``profile/`` /
+``engine_overhead.json`` when those were measured. torch is imported only when the run starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pdsim.config.schema import SloConfig
+from pdsim.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineSettings(_Strict):
+    """The engine knobs (``pdsim live``'s options of the same names; both workers of a disaggregated run
+    get them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_config_path: str | None = Field(default=None, alias="model_config")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1)
+    block_size: int = Field(default=16, ge=1)
+    kv_capacity_tokens: int = Field(default=32768, ge=1)
+    watermark_fraction: float = Field(default=0.01, ge=0, lt=0.5)
+
+
+class ProfileChoice(_Strict):
+    """``name``: a profile under the search roots; ``measure``: sweep this machine first (``pdsim
+    profile --device cpu --threads <threads>``, quick or full, into OUT/profile); neither: the CPU
+    profile whose thread count matches ``threads``."""
+
+    name: str | None = None
+    measure: Literal["quick", "full"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.name is not None and self.measure is not None:
+            raise ValueError("give profile.name or profile.measure, not both")
+        return self
+
+
+class OverheadChoice(_Strict):
+    """``iteration_overhead_s`` of the simulation: ``file`` (JSON of ``measure_cpu_iterations.py
+    --engine-overhead``), ``value_s``, or ``measure: true`` (``pdsim.live.overhead`` on its default grid,
+    in this process with ``threads`` threads, before the live run); none: 0."""
+
+    file: str | None = None
+    value_s: float | None = Field(default=None, ge=0)
+    measure: bool = False
+
+    @model_validator(mode="after")
+    def _one(self):
+        if sum((self.file is not None, self.value_s is not None, self.measure)) > 1:
+            raise ValueError("give one of iteration_overhead.file, .value_s, .measure")
+        return self
+
+
+class ValidationExperiment(_Strict):
+    """A live validation (see the module docstring)."""
+
+    name: str
+    mode: Literal["colocated", "disaggregated"] = "colocated"
+    trace: str
+    trace_format: str = "auto"
+    rate_scale: float = Field(default=1.0, gt=0)
+    max_requests: int | None = Field(default=None, ge=1)
+    window_start_s: float = Field(default=0.0, ge=0)
+    window_duration_s: float | None = Field(default=None, gt=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    engine: EngineSettings = EngineSettings()
+    profile: ProfileChoice = ProfileChoice()
+    iteration_overhead: OverheadChoice = OverheadChoice()
+    slo: SloConfig = SloConfig(ttft_s=1.0, tpot_s=0.1)
+    out: str | None = None
+
+
+def load_validation_experiment(path: Path) -> ValidationExperiment:
+    """Read and check the YAML. Raises ConfigError naming the file, the field and the value."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return ValidationExperiment.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}, got {err.get('input')!r}") from None
+
+
+def run_validation_experiment(path: Path, out: Path | None = None, echo=print):
+    """Profile / measure as asked, run live, validate; returns the comparison table.
+
+    Raises:
+        ConfigError / ProfileError: bad input (before anything runs where it can be checked).
+    """
+    from pdsim.live.cli import _live
+    from pdsim.live.validate import _overhead_option, validate
+
+    exp = load_validation_experiment(path)
+    base = path.parent
+
+    def rel(p: str | None) -> Path | None:
+        return None if p is None else (Path(p) if Path(p).is_absolute() else base / p)
+
+    out = out or rel(exp.out) or Path("results") / f"validate-{exp.name}"
+    threads = exp.threads or (1 if exp.mode == "disaggregated" else None)
+    e = exp.engine
+    model_config = rel(e.model_config_path)
+    overhead_file = rel(exp.iteration_overhead.file)
+    if overhead_file is not None and not overhead_file.is_file():
+        raise ConfigError(f"{path}: iteration_overhead.file: file not found: {overhead_file}")
+    profile_name = exp.profile.name
+    out.mkdir(parents=True, exist_ok=True)
+    if exp.profile.measure is not None:
+        from profile_tools.runner import ProfileRequest, run_profile
+
+        prof_dir = out / "profile"
+        echo(f"profiling this CPU ({exp.profile.measure}, {threads or 'default'} threads) into {prof_dir}")
+        run_profile(ProfileRequest(device="cpu", out=prof_dir, mode=exp.profile.measure,
+                                   models=(str(model_config),) if model_config else None, threads=threads,
+                                   notes=(f"measured by pdsim validate {path}",)), log=lambda line: None)
+        profile_name = str(prof_dir)
+    overrides = {}
+    if exp.iteration_overhead.measure:
+        overhead_file = out / "engine_overhead.json"
+        _measure_overhead(exp, model_config, threads, profile_name, overhead_file, echo)
+    if overhead_file is not None:
+        overrides = _overhead_option(0.0, overhead_file)
+    elif exp.iteration_overhead.value_s is not None:
+        overrides = {"iteration_overhead_s": exp.iteration_overhead.value_s,
+                     "iteration_overhead_source": f"{path}: iteration_overhead.value_s"}
+    live_dir = out / "live"
+    _live(trace=rel(exp.trace), trace_format=exp.trace_format, rate_scale=exp.rate_scale,
+          max_requests=exp.max_requests, window_start_s=exp.window_start_s, window_duration_s=exp.window_duration_s,
+          max_prompt_tokens=exp.max_prompt_tokens, max_output_tokens=exp.max_output_tokens, out=live_dir,
+          model_config=model_config, dtype=e.dtype, device="cpu", seed=e.seed,
+          max_num_batched_tokens=e.max_num_batched_tokens, max_num_seqs=e.max_num_seqs, block_size=e.block_size,
+          kv_capacity_tokens=e.kv_capacity_tokens, kv_capacity_blocks=None, watermark_fraction=e.watermark_fraction,
+          ttft_slo_s=exp.slo.ttft_s, tpot_slo_s=exp.slo.tpot_s, slo_percentile=exp.slo.percentile, threads=threads,
+          mode=exp.mode)
+    return validate(live_dir, out / "validate", profile=profile_name, overrides=overrides, echo=echo), out
+
+
+def _measure_overhead(exp: ValidationExperiment, model_config: Path | None, threads: int | None,
+                      profile_name: str | None, dest: Path, echo) -> None:
+    """``pdsim.live.overhead`` on its default grid, in this process, written to ``dest`` (JSON)."""
+    import torch
+
+    from pdsim.latency.oplevel import OpLevelModel
+    from pdsim.live.engine import EngineConfig, LiveEngine, load_model_config
+    from pdsim.live.overhead import measure_engine_overhead
+    from pdsim.live.validate import find_cpu_profile
+    from pdsim.models.arch import model_from_hf_config
+
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        prof = find_cpu_profile(torch.get_num_threads(), profile_name)
+        hf = load_model_config(model_config)
+        spec = model_from_hf_config(model_config.stem if model_config else "pdsim-tiny-llama", hf)
+        latency = OpLevelModel([prof], spec, tp=1, pp=1, dtype=exp.engine.dtype, gpu=None, iteration_overhead_s=0.0)
+        engine = LiveEngine(EngineConfig(model_config=None if model_config is None else str(model_config),
+                                         dtype=exp.engine.dtype, seed=exp.engine.seed))
+        echo(f"measuring the engine's iteration overhead against {prof.name} ({torch.get_num_threads()} threads)")
+        summary, df = measure_engine_overhead(engine, latency)
+        summary.update({"profile": prof.name, "threads": torch.get_num_threads(), "torch_version": torch.__version__})
+    finally:
+        torch.set_num_threads(old)
+    dest.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    df.to_csv(dest.with_suffix(".csv"), index=False)
+    echo(f"iteration_overhead_s = {summary['iteration_overhead_s'] * 1e3:.3f} ms ({dest})")
