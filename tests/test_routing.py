@@ -450,13 +450,16 @@ def test_every_request_ends_exactly_once_under_every_router(router, mixed, rows,
     assert sorted(ended) == list(range(len(wl)))
     done = df[df["status"] == "completed"]
     assert len(done) + (df["status"] == "rejected").sum() == len(wl)
-    decoded = done[done["output_tokens"] > 1]  # a one-token request finishes where it is prefilled
+    decoded = done[(done["output_tokens"] > 1) & ~done["decoded_on_prefill"]]  # one-token requests end at prefill
     assert (decoded["decode_instance"] >= 0).all() and (decoded["decode_instance"] < instances[1]).all()
+    kept = done[done["decoded_on_prefill"]]  # the mixed pool's other direction: decoded where prefilled
+    assert (kept["decode_instance"] == -1).all() and kept["kv_transfer_s"].isna().all()
+    assert (kept["prefill_instance"] >= 0).all() and not (kept["mixed_pool"]).any()
     own = done[~done["mixed_pool"]]
     assert (own["prefill_instance"] >= 0).all() and (own["prefill_instance"] < instances[0]).all()
     assert (done[done["mixed_pool"]]["prefill_instance"] == -1).all()
     if mixed is None:
-        assert not df["mixed_pool"].any()
+        assert not df["mixed_pool"].any() and not df["decoded_on_prefill"].any()
 
 
 # ---- configuration -------------------------------------------------------------------------------------
@@ -511,3 +514,30 @@ def test_prefix_aware_balance_default_is_the_pool_token_budget(monkeypatch):
     (plan,) = plans([{"name": "c", "kind": "colocated",
                       "pool": constant_pool({"kind": "prefix_aware", "balance_abs_tokens": 77, "cache_threshold": 0.5})}])
     assert cluster._router_for(plan.pools[0], np.random.SeedSequence(0), 0) == PrefixAwareRouter(77, 1.5, 0.5)
+
+
+def test_mixed_pool_lets_prefill_instances_decode_when_the_decode_pool_is_full():
+    """The other direction of Splitwise's mixed pool: a decode pool short of KV memory makes prefilled
+    requests wait for blocks (back-pressure); with ``decode_on_prefill`` a prefill instance with room
+    decodes them itself instead, so the wait for decode memory shrinks and nothing is lost."""
+    from test_sim import activation_gib_for
+
+    small_decode = constant_pool(instances=1, iteration_s=0.05, activation_reserve_gib=activation_gib_for(220, 8))
+    wl = frame([(0.05 * i, 1000, 300) for i in range(60)])
+    out = {}
+    for name, mixed in (("off", None), ("on", {"prefill_queue_tokens": 10**9}),
+                        ("on-but-not-this-way", {"prefill_queue_tokens": 10**9, "decode_on_prefill": False})):
+        dep = {"name": name, "kind": "disaggregated", "prefill": constant_pool(instances=2, iteration_s=0.05),
+               "decode": small_decode, "kv_link": {"kind": "infiniband"}}
+        if mixed is not None:
+            dep["mixed_pool"] = mixed
+        (plan,) = plans([dep])
+        out[name] = run(plan, wl)
+    for df in out.values():
+        assert (df["status"] == "completed").all() and not df["mixed_pool"].any()
+    kept = out["on"]["decoded_on_prefill"]
+    assert kept.sum() > 0
+    assert not out["off"]["decoded_on_prefill"].any() and not out["on-but-not-this-way"]["decoded_on_prefill"].any()
+    assert out["on"]["decode_wait_s"].max() < out["off"]["decode_wait_s"].max()
+    assert out["on"]["e2e_s"].mean() < out["off"]["e2e_s"].mean()
+    pd.testing.assert_frame_equal(out["off"].drop(columns="deployment"), out["on-but-not-this-way"].drop(columns="deployment"))

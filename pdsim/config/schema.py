@@ -358,9 +358,13 @@ class MixedPoolConfig(_Strict):
     Attributes:
         prefill_queue_tokens: overload threshold, tokens; default 8192 (splitwise-sim's
             ``prompt_max_pending_batch_tokens`` in ``configs/orchestrator_repo/schedulers/mixed_pool.yml``).
+        decode_on_prefill: the other direction: when no decode instance can reserve a prefilled
+            request's KV, the prefill instance decodes it itself if it has room for all of it
+            (``decoded_on_prefill`` request column).
     """
 
     prefill_queue_tokens: int = Field(default=DEFAULT_PREFILL_QUEUE_TOKENS, ge=1)
+    decode_on_prefill: bool = True
 
 
 class DisaggregatedDeployment(_Strict):

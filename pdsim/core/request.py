@@ -45,7 +45,7 @@ class Request:
         "id", "arrival_s", "prompt_tokens", "output_tokens", "phase", "generated", "kv_tokens",
         "prefill_start_s", "first_token_s", "finish_s", "last_token_s", "itl_max_s",
         "kv_transfer_s", "kv_transfer_wait_s", "prefill_instance", "decode_instance", "preemptions",
-        "reject_reason", "_ready_s", "hash_ids", "prefill_target", "in_running", "swaps", "prefix_hit_tokens", "mixed_pool",
+        "reject_reason", "_ready_s", "decoded_on_prefill", "hash_ids", "prefill_target", "in_running", "swaps", "prefix_hit_tokens", "mixed_pool",
         "kv_transfer_bytes", "kv_transfer_queue_s", "kv_transfer_d2h_s", "kv_transfer_network_s",
         "kv_transfer_h2d_s", "kv_convert_s", "kv_compress_s", "kv_transfer_hidden_s", "kv_transfer_path",
     )
@@ -70,6 +70,7 @@ class Request:
         self.preemptions = 0
         self.reject_reason: str = ""
         self._ready_s = math.nan  # when the request became ready on the decode side (transfer done)
+        self.decoded_on_prefill = False  # mixed pool: its prefill instance decoded it (no KV transfer)
         self.hash_ids: tuple[int, ...] | None = None  # prefix-unit hashes of the prompt (Mooncake hash_ids)
         self.prefill_target = 0  # tokens the current (re-)prefill computes up to (set on admission)
         self.in_running = False  # a chunked prefill in progress sits in the scheduler's running list

@@ -19,6 +19,8 @@ Columns (times in seconds from the workload's start; NaN where undefined):
 - ``mixed_pool``: True when Splitwise's mixed pool sent the request to a decode instance that
   prefilled and decoded it (disaggregated deployments with ``mixed_pool``); its ``prefill_instance``
   is then -1 and ``decode_instance`` the borrowed instance
+- ``decoded_on_prefill``: True when the mixed pool let the prefill instance decode the request itself
+  (no decode instance had room for its KV); its ``decode_instance`` is then -1
 - KV transfer breakdown (disaggregated; empty / 0 / NaN without a transfer; docs/interconnect.md):
   ``kv_transfer_path`` (``intra_node``, ``network``, ``host_staged``, or the ``kv_link`` kind),
   ``kv_transfer_bytes`` (on the wire, after compression), ``kv_transfer_queue_s`` (waiting for the
@@ -39,7 +41,7 @@ REQUEST_COLUMNS = [
     "deployment", "workload", "request_id", "arrival_s", "prompt_tokens", "output_tokens", "status",
     "reject_reason", "prefill_start_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s",
     "itl_max_s", "queue_s", "kv_transfer_s", "decode_wait_s", "prefill_instance", "decode_instance",
-    "preemptions", "swaps", "prefix_hit_tokens", "mixed_pool",
+    "preemptions", "swaps", "prefix_hit_tokens", "mixed_pool", "decoded_on_prefill",
     "kv_transfer_path", "kv_transfer_bytes", "kv_transfer_queue_s", "kv_transfer_d2h_s", "kv_transfer_network_s",
     "kv_transfer_h2d_s", "kv_convert_s", "kv_compress_s", "kv_transfer_hidden_s",
 ]
@@ -84,6 +86,7 @@ def requests_frame(requests: list[Request], deployment: str, workload: str) -> p
         "swaps": arr("swaps", np.int64),
         "prefix_hit_tokens": arr("prefix_hit_tokens", np.int64),
         "mixed_pool": arr("mixed_pool", bool),
+        "decoded_on_prefill": arr("decoded_on_prefill", bool),
         "kv_transfer_path": pd.Series([r.kv_transfer_path for r in requests], dtype="string"),
         "kv_transfer_bytes": arr("kv_transfer_bytes", np.int64),
         "kv_transfer_queue_s": arr("kv_transfer_queue_s"),

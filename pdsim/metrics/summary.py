@@ -22,8 +22,9 @@ Definitions (DESIGN.md vocabulary):
   output waiting for decode KV blocks, the decode pool's back-pressure; NaN for colocated).
 - ``swaps``: preemptions by swap (``preemptions`` counts both kinds).
 - ``prefix_hit_rate``: prompt tokens reused from prefix caches / prompt tokens, over all requests.
-- ``mixed_pool_requests``: requests served whole by a decode instance borrowed by Splitwise's mixed
-  pool (``mixed_pool`` request column; 0 without ``mixed_pool``).
+- ``mixed_pool_requests``: requests Splitwise's mixed pool served on one instance: prefilled and
+  decoded by a borrowed decode instance (``mixed_pool`` request column) or decoded by the prefill
+  instance that prefilled them (``decoded_on_prefill``); 0 without ``mixed_pool``.
 - ``kv_transfer_bytes_mean``, ``kv_transfer_queue_mean_s``, ``kv_transfer_d2h_mean_s``,
   ``kv_transfer_network_mean_s``, ``kv_transfer_h2d_mean_s``, ``kv_convert_mean_s``, ``kv_compress_mean_s``,
   ``kv_transfer_hidden_mean_s``: means of the request columns of the same names over completed requests
@@ -112,7 +113,7 @@ def summarize_one(df: pd.DataFrame, *, kind: str, gpus: int, usd_per_hour: float
         "latency_sources": latency_sources,
         "usd_per_million_output_tokens": usd_per_hour / (tok_per_s * 3600.0) * 1e6 if tok_per_s and tok_per_s == tok_per_s else float("nan"),
         "latency_out_of_range": int(out_of_range),
-        "mixed_pool_requests": int(df["mixed_pool"].sum()) if "mixed_pool" in df else 0,
+        "mixed_pool_requests": int(df["mixed_pool"].sum() + df["decoded_on_prefill"].sum()) if "mixed_pool" in df else 0,
         **_transfer_means(done),
     }
 

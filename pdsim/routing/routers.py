@@ -260,17 +260,35 @@ class MixedPool:
     instance with the fewest outstanding tokens (ties: lowest index), which prefills it in a mixed
     batch and decodes it there (no KV transfer). Otherwise it goes to the prefill pool as usual.
 
+    The other direction (splitwise-sim moves a prompt machine to the mixed pool when the least
+    memory-loaded token machine cannot hold the request): with ``decode_on_prefill``, when a request's
+    prefill ends and no decode instance can reserve its KV now (each has transfers waiting for blocks,
+    or too few free blocks), the prefill instance keeps it and decodes it itself (no KV transfer),
+    provided it has the blocks for the whole request (prompt + output) free now, keeping its
+    watermark. Such a request is marked ``decoded_on_prefill``.
+
     Differences from splitwise-sim: the borrowing is decided per request (no sticky mixed-pool
-    membership that ends when the instance goes idle), and a borrowed request always decodes on the
-    instance that prefilled it (splitwise-sim may ship its KV to another token instance). The other
-    direction (prefill instances decoding when the token pool is short of memory) is not modelled.
+    membership that ends when the instance goes idle), a borrowed request always decodes on the
+    instance that prefilled it (splitwise-sim may ship its KV to another token instance), and the
+    decode-side decision is taken when the prefill ends (splitwise-sim decides at arrival).
 
     Attributes:
         prefill_queue_tokens: outstanding tokens of a prefill instance above which (with the new
             prompt) it counts as overloaded.
+        decode_on_prefill: let prefill instances decode requests the decode pool has no room for.
     """
 
     prefill_queue_tokens: int = DEFAULT_PREFILL_QUEUE_TOKENS
+    decode_on_prefill: bool = True
+
+    def keep_on_prefill(self, decode: Sequence, prefill_instance, req) -> bool:
+        """Whether the prefill instance that just prefilled ``req`` should decode it itself: no decode
+        instance can reserve its KV now, and the prefill instance has room for all of it."""
+        if not self.decode_on_prefill:
+            return False
+        if any(inst.has_room_for(req) for inst in decode):
+            return False
+        return prefill_instance.can_hold_whole(req)
 
     def borrow(self, prefill: Sequence[Routable], decode: Sequence[Routable], now_s: float, req) -> int | None:
         """Index of the decode instance that takes ``req`` whole, or None to use the prefill pool."""

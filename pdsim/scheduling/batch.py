@@ -518,6 +518,13 @@ class PrefillOnlyScheduler(BatchScheduler):
             out.handed_off.append(req)
         return req.in_running
 
+    def keep(self, req: Request) -> None:
+        """Decode ``req`` here instead of handing it off (Splitwise's mixed pool): its blocks stay, it
+        joins the running batch."""
+        req.phase = Phase.DECODE
+        self.running.append(req)
+        self.load_tokens += req.output_tokens - req.generated
+
     def release(self, req: Request) -> None:
         """The KV of ``req`` has left this instance: free its blocks."""
         self.kv.free(req.id)

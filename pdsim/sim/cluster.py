@@ -177,6 +177,11 @@ class _Runtime:
             decode_pool = self.pools[1]
             router = self.routers[1]
             for req in done.handed_off:
+                if self.mixed_pool is not None and self.mixed_pool.keep_on_prefill(decode_pool, inst, req):
+                    req.decoded_on_prefill = True
+                    inst.keep_for_decode(req)
+                    continue
+                req.decoded_on_prefill = False
                 target = decode_pool[router.choose(decode_pool, t_s, req)]
                 req.decode_instance = target.index
                 req._ready_s = t_s  # prefill end: start of the wait for decode blocks

@@ -92,6 +92,16 @@ class Instance:
         self.scheduler.enqueue(req)
         self.poke()
 
+    def keep_for_decode(self, req: Request) -> None:
+        """A prefill instance keeps a request it prefilled and decodes it (Splitwise's mixed pool)."""
+        self.held_requests += 1
+        self.scheduler.keep(req)  # type: ignore[attr-defined]  # a PrefillOnlyScheduler, by construction
+        self.poke()
+
+    def can_hold_whole(self, req: Request) -> bool:
+        """Whether this instance has KV room now for all of ``req`` (prompt + output), keeping its watermark."""
+        return self.scheduler.kv.can_admit(req.id, req.prompt_tokens + req.output_tokens)
+
     def poke(self) -> None:
         """Something changed for the scheduler: let it look at the next iteration boundary."""
         if self.stages > 1:  # a pipeline forms a batch whenever fewer than ``stages`` are in flight
@@ -310,6 +320,14 @@ class DecodeInstance(Instance):
         self.held_requests += 1
         self.scheduler.offer(req)  # type: ignore[attr-defined]  # a DecodeOnlyScheduler, by construction
         self.poke()
+
+    def has_room_for(self, req: Request) -> bool:
+        """Whether this decode instance could reserve ``req``'s KV now (no transfer waiting before it,
+        blocks free keeping the watermark, a sequence seat)."""
+        sched = self.scheduler
+        return (not sched.pending  # type: ignore[attr-defined]
+                and sched.kv.can_admit(req.id, req.kv_tokens)
+                and len(sched.running) + sched.in_transfer + len(sched.waiting) < sched.limits.max_num_seqs)  # type: ignore[attr-defined]
 
     def accept(self, req: Request) -> None:
         """The request's KV has arrived."""

@@ -453,6 +453,6 @@ def plan_deployments(exp: LoadedExperiment) -> list[DeploymentPlan]:
             topology = resolve_topology(d.topology, pools[0], pools[1], model, kv_nbytes, f"{exp.path}: {where}")
             link = None
         mixed = getattr(d, "mixed_pool", None)  # only disaggregated deployments have one
-        mixed = None if mixed is None else MixedPool(mixed.prefill_queue_tokens)
+        mixed = None if mixed is None else MixedPool(mixed.prefill_queue_tokens, mixed.decode_on_prefill)
         plans.append(DeploymentPlan(d.name, d.kind, model, max_ctx, kv_nbytes, pools, link, mixed, topology))
     return plans
