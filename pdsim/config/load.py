@@ -123,6 +123,24 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> dict:
     return data
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file's top-level mapping, without the ``x-`` keys (they hold YAML anchors for reuse, as in
+    docker-compose files).
+
+    Raises:
+        ConfigError: missing file, YAML syntax error, or a top level that is not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+
+
 def load_experiment_file(path: Path | str, overrides: list[str] | None = None) -> LoadedExperiment:
     """Read, override and validate an experiment YAML.
 
@@ -131,16 +149,7 @@ def load_experiment_file(path: Path | str, overrides: list[str] | None = None) -
             per problem, each naming the file, the field and the value).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: experiment file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    # Top-level keys starting with "x-" hold YAML anchors for reuse (as in docker-compose files).
-    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    data = read_yaml_mapping(path, "experiment")
     apply_overrides(data, overrides or [], str(path))
     try:
         config = Experiment.model_validate(data)

@@ -242,15 +242,12 @@ class BatchScheduler:
         i = 0
         while i < len(running):
             req = running[i]
-            while not kv.can_grow(req.id, req.kv_tokens + 1):
-                victim = running.pop()
-                self._preempt(victim)
+            if not kv.can_grow(req.id, req.kv_tokens + 1):
                 preempted = True
-                if victim is req:
-                    break
-            else:
-                kv.ensure(req.id, req.kv_tokens + 1)
-                i += 1
+                if not self._make_room(req, req.kv_tokens + 1):
+                    break  # req itself was preempted (the last one left)
+            kv.ensure(req.id, req.kv_tokens + 1)
+            i += 1
         return list(running), preempted
 
     def _schedule_running_chunked(self) -> tuple[list[Request], list[int], int, list[Request], bool]:
@@ -274,24 +271,32 @@ class BatchScheduler:
                     n = min(n, cap)
             else:
                 n = 1
-            while not kv.can_grow(req.id, req.kv_tokens + n):
-                victim = running.pop()
-                self._preempt(victim)
+            if not kv.can_grow(req.id, req.kv_tokens + n):
                 preempted = True
-                if victim is req:
-                    break
+                if not self._make_room(req, req.kv_tokens + n):
+                    break  # req itself was preempted (the last one left)
+            kv.ensure(req.id, req.kv_tokens + n)
+            if req.phase is Phase.PREFILL:
+                prefill.append(req)
+                tokens.append(n)
+                squares += n * (n + 2 * req.kv_tokens)
             else:
-                kv.ensure(req.id, req.kv_tokens + n)
-                if req.phase is Phase.PREFILL:
-                    prefill.append(req)
-                    tokens.append(n)
-                    squares += n * (n + 2 * req.kv_tokens)
-                else:
-                    decode.append(req)
-                budget -= n
-                i += 1
+                decode.append(req)
+            budget -= n
+            i += 1
         self._budget = budget
         return prefill, tokens, squares, decode, preempted
+
+    def _make_room(self, req: Request, tokens: int) -> bool:
+        """Preempt running requests from the tail (most recently admitted first) until ``req`` can grow
+        to ``tokens`` tokens; False when ``req`` itself had to go."""
+        running, kv = self.running, self.kv
+        while not kv.can_grow(req.id, tokens):
+            victim = running.pop()
+            self._preempt(victim)
+            if victim is req:
+                return False
+        return True
 
     def _preempt(self, req: Request) -> None:
         """Preempt a running request: swap it out when possible, else recompute it."""

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pdsim.config.load import apply_overrides, format_validation_error
+from pdsim.config.load import apply_overrides, format_validation_error, read_yaml_mapping
 from pdsim.config.schema import (
     LatencyConfig,
     LinkConfig,
@@ -196,15 +195,7 @@ def load_search_file(path: Path | str, overrides: list[str] | None = None) -> Lo
         ConfigError: missing file, bad YAML, unknown key or bad value (naming the file, field and value).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: search file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    data = read_yaml_mapping(path, "search")
     if "deployments" in data:
         raise ConfigError(f"{path}: deployments: a search file has no deployments (the search chooses them); "
                           f"did you mean `pdsim run {path}`?")
