@@ -113,6 +113,9 @@ def run(
         if oor:
             console.print(f"note: {oor:,} latency lookups fell outside the measured range (extrapolated/clamped; see manifest.json)")
         console.print(f"run directory: {run_dir}")
+        if exp.config.sweep is not None:
+            n = _grid_size(exp.config.sweep)
+            console.print(f"note: ran the base experiment only; its sweep: block ({n} points) runs with `pdsim sweep {experiment}`", highlight=False)
     except PdsimError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -120,12 +123,20 @@ def run(
 
 
 @app.command()
-def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory written by `pdsim run`.")]) -> None:
-    """Re-render plots/ and report.md of a run directory from its saved data (no simulation)."""
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory written by `pdsim run`, or a sweep directory of `pdsim sweep`.")]) -> None:
+    """Re-render plots/ and report.md of a run directory (or plots/sweep_*.png of a sweep directory: one
+    with sweep.csv and points/) from its saved data (no simulation)."""
     from pdsim.plots.render import render_run_dir
 
     try:
-        paths = render_run_dir(run_dir)
+        if (run_dir / "sweep.csv").is_file() and (run_dir / "points").is_dir():
+            from pdsim.plots.sweep import render_sweep_dir
+
+            paths = render_sweep_dir(run_dir)
+            if not paths:
+                console.print("no sweep plots: no numeric grid axis with two or more values")
+        else:
+            paths = render_run_dir(run_dir)
     except PdsimError as exc:
         _fail(exc)
     for p in paths:
@@ -154,6 +165,17 @@ def check(experiment: Annotated[Path, typer.Argument(help="Experiment YAML.")],
             t.add_row(plan.name, pool.role, pool.gpu_label, str(pool.tp), str(pool.pp), str(pool.instances), latency,
                       f"{pool.weight_bytes_per_gpu / 2**30:.1f}", f"{pool.capacity_tokens:,}", f"{pool.usd_per_hour:,.2f}")
     console.print(t)
+    if exp.config.sweep is not None:
+        axes = " x ".join(f"{k} ({len(v)})" for k, v in exp.config.sweep.grid.items())
+        console.print(f"sweep: grid of {_grid_size(exp.config.sweep)} points: {axes} (`pdsim sweep {experiment}`)", highlight=False)
+
+
+def _grid_size(sweep) -> int:
+    """Points of a ``sweep:`` block: the product of its axes' lengths."""
+    n = 1
+    for values in sweep.grid.values():
+        n *= len(values)
+    return n
 
 
 from pdsim.profiles.cli import profiles_app  # noqa: E402  (sub-commands live beside their code)

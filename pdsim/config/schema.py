@@ -406,6 +406,29 @@ class SloConfig(_Strict):
     attainment_target: float = Field(default=0.9, gt=0, le=1)
 
 
+class SweepConfig(_Strict):
+    """The ``sweep:`` block of an experiment: the grid ``pdsim sweep`` runs (see docs/sweep.md).
+
+    ``grid`` maps a dotted key (the same paths as ``--set`` / ``--grid``: list items by ``name`` or
+    index) to the non-empty list of its values; the points are the cross product, in file order with
+    the last key varying fastest. ``pdsim run`` ignores the block (it runs the base experiment). The
+    block is not part of a run's resolved config (``exclude=True`` on ``Experiment.sweep``), so a point
+    hashes the same whether its values came from this block or from ``--grid``.
+    """
+
+    grid: dict[str, Annotated[list, Field(min_length=1)]] = Field(min_length=1)
+
+    @field_validator("grid")
+    @classmethod
+    def _keys(cls, v: dict) -> dict:
+        for key in v:
+            if not key.strip() or any(not part for part in key.split(".")):
+                raise ValueError(f"grid key {key!r}: expected a dotted path such as scheduler.max_num_seqs")
+            if key.split(".")[0] == "sweep":
+                raise ValueError(f"grid key {key!r}: the sweep block cannot sweep itself")
+        return v
+
+
 class Experiment(_Strict):
     """A whole experiment file.
 
@@ -422,6 +445,8 @@ class Experiment(_Strict):
     latency_models: dict[str, LatencyConfig] = Field(default_factory=dict)
     deployments: list[DeploymentConfig] = Field(min_length=1)
     workloads: dict[str, WorkloadSpec] = Field(min_length=1)
+    # Only `pdsim sweep` reads it; excluded from model_dump, so resolved configs and point hashes ignore it.
+    sweep: SweepConfig | None = Field(default=None, exclude=True)
 
     @field_validator("model", mode="before")
     @classmethod

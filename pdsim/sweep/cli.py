@@ -1,4 +1,5 @@
-"""``pdsim sweep``: run the cross product of ``--grid`` values of an experiment, resumably (edge ring),
+"""``pdsim sweep``: run the cross product of the grid of an experiment (its ``sweep:`` block plus the
+``--grid`` axes), resumably (edge ring),
 on local worker processes or on Ray (``pdsim.sweep.ray_executor``, imported only for ``--executor ray``).
 
 Heavy imports (the simulator, pandas) happen inside the functions, so importing this module from
@@ -22,8 +23,10 @@ import typer
 from pdsim.errors import ConfigError, PdsimError
 from pdsim.sweep.core import (
     PointStore,
+    axes_from_block,
     csv_value,
     expand_grid,
+    merge_axes,
     parse_grid,
     point_hash,
     point_overrides,
@@ -53,19 +56,82 @@ class SweepReport:
     failed: dict[str, str] = field(default_factory=dict)
     discarded_tmp: int = 0
     csv: Path | None = None
+    axes: list[str] = field(default_factory=list)
+    file_axes: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
 
 
-def plan_sweep(experiment: Path, grid: list[str], sets: list[str], seed: int | None) -> tuple[list, list[SweepPoint]]:
-    """Parse the grid and load + validate every point (nothing is simulated).
+@dataclass
+class SweepPlan:
+    """The validated grid of a sweep: its axes (the ``sweep:`` block's, then ``--grid``'s) and points."""
+
+    axes: list
+    points: list[SweepPoint]
+    file_axes: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+
+
+def _strip_prefix(msg: str, *prefixes: str) -> str:
+    """``msg`` with each line's leading ``prefixes`` removed (to re-attribute a loader message)."""
+    lines = []
+    for line in msg.splitlines():
+        for pre in prefixes:
+            line = line.removeprefix(pre)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def plan_grid(experiment: Path, grid: list[str], sets: list[str], seed: int | None) -> SweepPlan:
+    """Merge the experiment's ``sweep:`` block with ``--grid`` and load + validate every point.
+
+    Axes: the block's keys in file order, then the ``--grid`` keys not in the block; a ``--grid`` key that
+    is also in the block replaces the block's values (the command line wins). Nothing is simulated.
 
     Raises:
-        ConfigError: bad ``--grid`` syntax, an unknown key or a value the schema rejects.
+        ConfigError: a malformed ``sweep:`` block, bad ``--grid`` syntax, an unknown key or a value the
+            schema rejects (a block value that fails on its own is named as ``FILE: sweep.grid.KEY``).
     """
-    from pdsim.config.load import load_experiment_file
+    from pydantic import BaseModel, ConfigDict, ValidationError
 
-    axes = parse_grid(grid)
+    from pdsim.config.load import (
+        apply_overrides,
+        format_validation_error,
+        load_experiment_file,
+        read_yaml_mapping,
+    )
+    from pdsim.config.schema import SweepConfig
+
+    class _SweepOnly(BaseModel):  # the block alone: the rest is validated point by point below
+        model_config = ConfigDict(extra="ignore")
+        sweep: SweepConfig | None = None
+
+    cli_axes = parse_grid(grid)
+    data = apply_overrides(read_yaml_mapping(experiment, "experiment"), list(sets), str(experiment))
+    try:
+        block = _SweepOnly.model_validate(data).sweep
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(experiment), err, data)) from None
+    file_axes = axes_from_block(block)
+    axes, replaced = merge_axes(file_axes, cli_axes)
+    from_file = {a.key for a in file_axes} - set(replaced)
     if seed is not None and any(a.key == "seed" for a in axes):
-        raise ConfigError("--grid seed=... and --seed cannot be combined")
+        where = f"{experiment}: sweep.grid.seed" if "seed" in from_file else "--grid seed=..."
+        raise ConfigError(f"{where} and --seed cannot be combined")
+
+    def blame(p: dict[str, int], values: dict[str, Any], exc: ConfigError) -> ConfigError:
+        """The block axis whose value alone fails to load, or the whole point."""
+        for a in axes:
+            if a.key not in from_file:
+                continue
+            i = p[a.key]
+            try:
+                load_experiment_file(experiment, list(sets) + [f"{a.key}={a.raw[i]}"])
+            except ConfigError as one:
+                inner = _strip_prefix(str(one), f"{experiment}: ", f"--set {a.key}: ")
+                return ConfigError(f"{experiment}: sweep.grid.{a.key}: value {a.values[i]!r}: {inner}")
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        return ConfigError(f"grid point {shown}: {exc}")
+
     points: list[SweepPoint] = []
     for p in expand_grid(axes):
         ovs = list(sets) + point_overrides(axes, p)
@@ -75,11 +141,16 @@ def plan_sweep(experiment: Path, grid: list[str], sets: list[str], seed: int | N
         except ConfigError as exc:
             if not axes:
                 raise
-            shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
-            raise ConfigError(f"grid point {shown}: {exc}") from None
+            raise blame(p, values, exc) from None
         seed_used = exp.config.seed if seed is None else seed
         points.append(SweepPoint(values, ovs, seed_used, point_hash(exp.config, seed_used)))
-    return axes, points
+    return SweepPlan(axes, points, [a.key for a in file_axes], replaced)
+
+
+def plan_sweep(experiment: Path, grid: list[str], sets: list[str], seed: int | None) -> tuple[list, list[SweepPoint]]:
+    """``(axes, points)`` of :func:`plan_grid` (the experiment's ``sweep:`` block merged with ``--grid``)."""
+    plan = plan_grid(experiment, grid, sets, seed)
+    return plan.axes, plan.points
 
 
 def run_point(experiment: str, overrides: list[str], seed: int, out: str, h: str, values: dict) -> tuple[str, str | None]:
@@ -159,6 +230,8 @@ def run_sweep(
     """Run (or resume) a sweep; finished points are skipped, failed ones retried.
 
     Args:
+        grid: ``--grid`` specs, merged with the experiment's ``sweep:`` block (:func:`plan_grid`); with
+            neither, the sweep is the one base point.
         jobs: worker processes (0 = one per core; 1 = in this process); with ``executor="ray"`` the CPUs
             of the local Ray it starts (0 = all cores).
         executor: ``"local"`` (worker processes) or ``"ray"`` (one Ray task per point; see
@@ -180,9 +253,11 @@ def run_sweep(
         from pdsim.sweep.ray_executor import import_ray
 
         import_ray()  # a missing ray is bad input: exit 2 before anything is created
-    axes, points = plan_sweep(experiment, grid, sets or [], seed)
+    plan = plan_grid(experiment, grid, sets or [], seed)
+    axes, points = plan.axes, plan.points
     store = PointStore(Path(out))
-    report = SweepReport(out=store.out, points=len(points), unique=0)
+    report = SweepReport(out=store.out, points=len(points), unique=0, axes=[a.key for a in axes],
+                         file_axes=plan.file_axes, replaced=plan.replaced)
     report.discarded_tmp = store.prepare()
     unique: dict[str, SweepPoint] = {}
     for pt in points:
@@ -253,15 +328,25 @@ def sweep_command(
     seed: Annotated[Optional[int], typer.Option(help="Root seed of every point (overrides the YAML's).")] = None,
     executor: Annotated[str, typer.Option("--executor", help="Where points run: local (worker processes) or ray (one Ray task per point). Results are identical.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="With --executor ray: the Ray cluster to join (default: start a local Ray with -j CPUs, shut down at the end).")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Render OUT/plots/sweep_<axis>.png (metrics vs each numeric grid axis) from sweep.csv.")] = True,
 ) -> None:
     """Run every point of a grid of --set overrides; resumable (finished points are skipped).
+
+    The grid is the experiment's `sweep:` block plus the --grid axes (a --grid key also in the block
+    replaces the block's values).
 
     Each point is stored under the sha256 of its resolved config in OUT/points/<hash>/ (a run directory);
     OUT/sweep.csv has one row per point x deployment x workload. Exit code 1 if some point failed.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from pdsim.cli import _fail, console, err_console
 
@@ -286,6 +371,10 @@ def sweep_command(
     except KeyboardInterrupt:
         _fail(RuntimeError(f"interrupted; rerun the same command to resume (finished points in {out_dir / 'points'} are kept)"), 130)
     wall = time.perf_counter() - t0
+    if report.file_axes:
+        console.print(f"grid: {', '.join(report.axes)} (sweep: block of {experiment}: {', '.join(report.file_axes)}"
+                      + (f"; --grid replaced {', '.join(report.replaced)}" if report.replaced else "") + ")",
+                      highlight=False, markup=False, soft_wrap=True)
     note = f" ({report.points - report.unique} duplicate grid points share a config)" if report.points != report.unique else ""
     console.print(f"sweep: {report.unique} points{note}: done {report.done}, skipped {report.skipped} (already stored), "
                   f"failed {len(report.failed)} in {wall:.1f}s", highlight=False)
@@ -295,8 +384,20 @@ def sweep_command(
         first = msg.strip().splitlines()[-1] if msg.strip() else ""
         err_console.print(f"failed point {h[:12]}: {first} (see {report.out / 'failed' / (h + '.txt')})", highlight=False, markup=False, soft_wrap=True)
     console.print(f"sweep table: {report.csv}", highlight=False)
+    if plots:
+        from pdsim.plots.sweep import render_sweep_dir
+
+        try:
+            written = render_sweep_dir(report.out)
+        except PdsimError as exc:
+            err_console.print(f"no sweep plots: {exc}", highlight=False, markup=False, soft_wrap=True)
+        else:
+            if written:
+                console.print(f"sweep plots: {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
+            else:
+                console.print("sweep plots: none (no numeric grid axis with two or more values)", highlight=False)
     if report.failed:
         raise typer.Exit(1)
 
 
-__all__ = ["run_sweep", "sweep_command", "plan_sweep", "run_point", "write_sweep_csv", "SweepReport", "SweepPoint"]
+__all__ = ["SweepPlan", "SweepPoint", "SweepReport", "plan_grid", "plan_sweep", "run_point", "run_sweep", "sweep_command", "write_sweep_csv"]

@@ -92,6 +92,41 @@ def parse_grid(specs: list[str]) -> list[GridAxis]:
     return axes
 
 
+def yaml_text(value: Any) -> str:
+    """One-line YAML text of a value that ``yaml.safe_load`` reads back equal (an override's value text).
+
+    Raises:
+        ConfigError: a value that does not survive the round trip (should not happen for YAML input).
+    """
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1, allow_unicode=True, sort_keys=False)
+    text = text.removesuffix("\n...\n").strip()  # the document-end marker PyYAML adds after a bare scalar
+    if repr(yaml.safe_load(text)) != repr(value):  # repr: 1, 1.0 and True differ; nan equals nan
+        raise ConfigError(f"cannot write grid value {value!r} as a one-line YAML value")
+    return text
+
+
+def axes_from_block(block) -> list[GridAxis]:
+    """The axes of an experiment's ``sweep:`` block (``pdsim.config.schema.SweepConfig``), in file order."""
+    if block is None:
+        return []
+    return [GridAxis(key, tuple(yaml_text(v) for v in values), tuple(values)) for key, values in block.grid.items()]
+
+
+def merge_axes(file_axes: list[GridAxis], cli_axes: list[GridAxis]) -> tuple[list[GridAxis], list[str]]:
+    """The file's axes plus the command line's: a ``--grid`` key the file also has replaces the file's
+    values in place (the command line wins, like ``--set`` over the YAML); new keys are appended.
+
+    Returns:
+        ``(axes, replaced keys)``.
+    """
+    cli = {a.key: a for a in cli_axes}
+    merged = [cli.get(a.key, a) for a in file_axes]
+    replaced = [a.key for a in file_axes if a.key in cli]
+    file_keys = {a.key for a in file_axes}
+    merged += [a for a in cli_axes if a.key not in file_keys]
+    return merged, replaced
+
+
 def expand_grid(axes: list[GridAxis]) -> list[dict[str, int]]:
     """The cross product, as value indices per key, in ``--grid`` order (the last axis varies fastest).
 
@@ -116,8 +151,11 @@ def canonical_json(obj: Any) -> str:
 
 
 def resolved_config(config, seed: int) -> dict:
-    """The resolved config of a point: the validated experiment with defaults filled in, plus the seed."""
-    resolved = config.model_dump(mode="json")
+    """The resolved config of a point: the validated experiment with defaults filled in, plus the seed.
+
+    The ``sweep:`` block is not part of it (a point is the same config whichever grid produced it).
+    """
+    resolved = config.model_dump(mode="json", exclude={"sweep"})
     resolved["seed"] = seed
     return resolved
 
