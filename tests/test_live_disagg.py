@@ -21,7 +21,13 @@ from typer.testing import CliRunner  # noqa: E402
 from pdsim.cli import app  # noqa: E402
 from pdsim.errors import ConfigError  # noqa: E402
 from pdsim.live.disagg import TRANSFER_COLUMNS, DisaggregatedEngine  # noqa: E402
-from pdsim.live.engine import ITERATION_COLUMNS, EngineConfig, LiveEngine, check_fits, memory_need_bytes  # noqa: E402
+from pdsim.live.engine import (  # noqa: E402
+    ITERATION_COLUMNS,
+    EngineConfig,
+    LiveEngine,
+    check_fits,
+    memory_need_bytes,
+)
 from pdsim.metrics.records import REQUEST_COLUMNS, requests_frame  # noqa: E402
 from pdsim.workload import load_trace  # noqa: E402
 
@@ -181,3 +187,17 @@ def test_cli_bad_mode_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["live", "--mode", "split", "--trace", "traces/tiny/tiny.csv", "--out",
                                    str(tmp_path / "x")])
     assert res.exit_code == 2 and "--mode must be colocated or disaggregated, got 'split'" in res.output
+
+
+def test_a_failing_worker_is_reported_not_hung(tmp_path):
+    """A worker that fails (here: its model config vanished after the coordinator's checks) ends the run
+    with InvariantViolation carrying the worker's error; both processes are gone afterwards."""
+    from pdsim.errors import InvariantViolation
+
+    path = tmp_path / "gone.json"
+    path.write_text(json.dumps(SMALL))
+    cfg = EngineConfig(model_config=str(path), kv_capacity_blocks=64)
+    engine = DisaggregatedEngine(cfg, cfg)
+    path.unlink()
+    with pytest.raises(InvariantViolation, match=r"(prefill|decode) worker failed:(.|\n)*file not found"):
+        engine.run(workload(n=4), timeout_s=120)

@@ -95,7 +95,11 @@ class KVBlockManager:
 
     def extra_blocks(self, request_id: int, tokens: int) -> int:
         """Blocks a request must add to hold ``tokens`` tokens (0 if it already holds enough)."""
-        need = -(-tokens // self.block_size) - self._holding(request_id)
+        need = -(-tokens // self.block_size) - self.held.get(request_id, 0)
+        if self.refs:  # (hot path: empty unless prefix caching is in use)
+            refs = self.refs.get(request_id)
+            if refs:
+                need -= len(refs) * self.unit_blocks
         return need if need > 0 else 0
 
     def can_admit(self, request_id: int, tokens: int) -> bool:
@@ -104,7 +108,12 @@ class KVBlockManager:
 
     def can_grow(self, request_id: int, tokens: int) -> bool:
         """Whether a running request can grow to ``tokens`` tokens (may use the watermark)."""
-        return self.extra_blocks(request_id, tokens) <= self.available_blocks
+        need = -(-tokens // self.block_size) - self.held.get(request_id, 0)
+        if self.refs:
+            refs = self.refs.get(request_id)
+            if refs:
+                need -= len(refs) * self.unit_blocks
+        return need <= self.capacity_blocks - self.used_blocks + self.evictable_blocks
 
     def ensure(self, request_id: int, tokens: int) -> None:
         """Grow a request's allocation to hold ``tokens`` tokens, evicting unreferenced cached units

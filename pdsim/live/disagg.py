@@ -72,7 +72,12 @@ from pdsim.live.engine import (
     load_model_config,
     prompt_token_ids,
 )
-from pdsim.scheduling.batch import Completion, DecodeOnlyScheduler, PrefillOnlyScheduler, SchedulerLimits
+from pdsim.scheduling.batch import (
+    Completion,
+    DecodeOnlyScheduler,
+    PrefillOnlyScheduler,
+    SchedulerLimits,
+)
 
 TRANSFER_COLUMNS = ["request_id", "kv_tokens", "kv_bytes", "ready_s", "send_start_s", "send_end_s",
                     "recv_done_s", "kv_transfer_s"]

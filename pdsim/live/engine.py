@@ -50,7 +50,12 @@ import pandas as pd
 from pdsim.core.kv import KVBlockManager, blocks_for
 from pdsim.core.request import Request
 from pdsim.errors import ConfigError, InvariantViolation
-from pdsim.scheduling.batch import BatchScheduler, ColocatedScheduler, Completion, SchedulerLimits
+from pdsim.scheduling.batch import (
+    BatchScheduler,
+    ColocatedScheduler,
+    Completion,
+    SchedulerLimits,
+)
 
 DEFAULT_MODEL_CONFIG = "pdsim/data/model_configs/pdsim-tiny-llama.json"
 """The default model: pdsim's tiny synthetic Llama (resolved from the installed package)."""

@@ -88,7 +88,7 @@ def measure_engine_overhead(engine, latency, *, batch_sizes=DEFAULT_BATCH_SIZES,
         "iteration_overhead_s": float(df["overhead_s"].median()),
         "method": ("median over a synthetic closed-loop grid of (engine loop cycle - op-level prediction of the "
                    "profiled kernels for the same batch shape); pdsim.live.overhead"),
-        "iterations": int(len(df)),
+        "iterations": len(df),
         "overhead_p10_s": float(df["overhead_s"].quantile(0.1)),
         "overhead_p90_s": float(df["overhead_s"].quantile(0.9)),
         "overhead_decode_median_s": float(df.loc[df["phase"] == "decode", "overhead_s"].median()),

@@ -186,7 +186,7 @@ def _cpu_pool(role, model_config, model_name, dtype, profile, max_num_batched_to
     from pdsim.hardware.gpus import GpuSpec
     from pdsim.latency.oplevel import OpLevelModel
     from pdsim.models.arch import dtype_bytes, model_from_hf_config
-    from pdsim.sim.plan import DeploymentPlan, PoolPlan
+    from pdsim.sim.plan import PoolPlan
 
     spec = model_from_hf_config(model_name, model_config, where="model config")
     nan = float("nan")

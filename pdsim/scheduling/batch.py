@@ -403,10 +403,10 @@ class BatchScheduler:
         kv = self.kv
         free = kv.available_blocks
         bs = kv.block_size
-        holding = kv.blocks_of
+        held = kv.held if not kv.refs else {r.id: kv.blocks_of(r.id) for r in decode}
         # Iteration j (0-based) needs room for kv_tokens + j + 1 tokens; iteration 0 is allocated.
         def extra(n: int) -> int:
-            return sum(max(-(-(r.kv_tokens + n) // bs) - holding(r.id), 0) for r in decode)
+            return sum(max(-(-(r.kv_tokens + n) // bs) - held[r.id], 0) for r in decode)
 
         if len(decode) * (-(-k // bs) + 1) <= free or extra(k) <= free:
             return k
