@@ -30,9 +30,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pdsim.config.load import read_yaml_mapping
 from pdsim.config.schema import SloConfig
 from pdsim.errors import ConfigError
 
@@ -111,14 +111,7 @@ class ValidationExperiment(_Strict):
 
 def load_validation_experiment(path: Path) -> ValidationExperiment:
     """Read and check the YAML. Raises ConfigError naming the file, the field and the value."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "validation")
     try:
         return ValidationExperiment.model_validate(raw)
     except ValidationError as exc:

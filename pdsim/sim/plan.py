@@ -258,6 +258,19 @@ def _latency_source(exp: LoadedExperiment, cfg: PoolConfig, model: ModelSpec, gp
     raise ConfigError(f"{exp.path}: {where}.latency: unsupported kind")  # unreachable
 
 
+def _pool_scheduler(exp: LoadedExperiment, cfg: PoolConfig, where: str) -> SchedulerConfig:
+    """The pool's effective scheduler settings (its overrides over the experiment's), checked.
+
+    Raises:
+        ConfigError: a prefix unit that is not a whole number of KV blocks.
+    """
+    sched = cfg.scheduler.over(exp.config.scheduler)
+    if sched.enable_prefix_caching and sched.prefix_unit_tokens % sched.block_size:
+        raise ConfigError(f"{exp.path}: {where}.scheduler.prefix_unit_tokens: {sched.prefix_unit_tokens} is not a "
+                          f"multiple of block_size {sched.block_size}")
+    return sched
+
+
 def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpec, where: str) -> PoolPlan:
     """Resolve one pool; builds its latency model once to validate the profile.
 
@@ -271,10 +284,7 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
     if cfg.pp > model.num_layers:
         raise ConfigError(f"{exp.path}: {where}.pp: {cfg.pp} stages exceed the {model.num_layers} layers of {model.name}")
     gpu = lookup_gpu(load_gpu_catalog(), cfg.gpu, f"{exp.path}: {where}.gpu")
-    sched = cfg.scheduler.over(exp.config.scheduler)
-    if sched.enable_prefix_caching and sched.prefix_unit_tokens % sched.block_size:
-        raise ConfigError(f"{exp.path}: {where}.scheduler.prefix_unit_tokens: {sched.prefix_unit_tokens} is not a "
-                          f"multiple of block_size {sched.block_size}")
+    sched = _pool_scheduler(exp, cfg, where)
     mc = exp.config.model
     nbytes = dtype_bytes(mc.dtype)
     act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
@@ -344,10 +354,7 @@ def _plan_staged_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: 
         raise ConfigError(
             f"{exp.path}: {where}.stages: layers {list(layers)} sum to {sum(layers)}; {model.name} has {model.num_layers} layers"
         )
-    sched = cfg.scheduler.over(exp.config.scheduler)
-    if sched.enable_prefix_caching and sched.prefix_unit_tokens % sched.block_size:
-        raise ConfigError(f"{exp.path}: {where}.scheduler.prefix_unit_tokens: {sched.prefix_unit_tokens} is not a "
-                          f"multiple of block_size {sched.block_size}")
+    sched = _pool_scheduler(exp, cfg, where)
     mc = exp.config.model
     nbytes = dtype_bytes(mc.dtype)
     act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
