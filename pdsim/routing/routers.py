@@ -67,14 +67,14 @@ class Router(Protocol):
         ...
 
 
+def _argmin(values: list) -> int:
+    """Index of the smallest value; ties go to the lowest index (``min`` keeps the first)."""
+    return min(range(len(values)), key=values.__getitem__)
+
+
 def least_tokens_index(instances: Sequence[Routable], now_s: float) -> int:
     """Index of the instance with the fewest outstanding tokens; ties go to the lowest index."""
-    best, best_load = 0, None
-    for i, inst in enumerate(instances):
-        load = inst.load_tokens(now_s)
-        if best_load is None or load < best_load:
-            best, best_load = i, load
-    return best
+    return _argmin([inst.load_tokens(now_s) for inst in instances])
 
 
 class RoundRobinRouter:
@@ -109,12 +109,7 @@ class JoinShortestQueueRouter:
     name = "jsq"
 
     def choose(self, instances: Sequence[Routable], now_s: float, req=None) -> int:
-        best, best_n = 0, None
-        for i, inst in enumerate(instances):
-            n = inst.outstanding_requests(now_s)
-            if best_n is None or n < best_n:
-                best, best_n = i, n
-        return best
+        return _argmin([inst.outstanding_requests(now_s) for inst in instances])
 
 
 class PowerOfTwoRouter:
@@ -189,7 +184,7 @@ class PrefixAwareRouter:
 
     def choose(self, instances: Sequence[Routable], now_s: float, req) -> int:
         loads = [inst.load_tokens(now_s) for inst in instances]
-        least = min(range(len(loads)), key=loads.__getitem__)  # first minimum: lowest index
+        least = _argmin(loads)
         best, best_key = 0, None
         for i, inst in enumerate(instances):
             key = (-inst.cached_prefix_tokens(req), loads[i])

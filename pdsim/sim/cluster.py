@@ -37,8 +37,7 @@ import simpy
 from pdsim.core.kv import KVBlockManager
 from pdsim.core.request import Phase, Request
 from pdsim.errors import InvariantViolation
-from pdsim.config.schema import PrefixAwareRouterConfig
-from pdsim.routing.routers import PrefixAwareRouter, Router, make_router
+from pdsim.routing.routers import Router, make_router
 from pdsim.scheduling.batch import (
     ColocatedScheduler,
     Completion,
@@ -99,16 +98,12 @@ def _scheduler_for(pool: PoolPlan, token_times: dict[int, list[float]] | None = 
 def _router_for(pool: PoolPlan, seed: np.random.SeedSequence, pool_index: int) -> Router:
     """The pool's router; a random one draws from stream ``pool_index`` of ``seed`` (derived without
     ``spawn``, which would change the caller's SeedSequence)."""
-    spec = pool.config.router
-    if isinstance(spec, PrefixAwareRouterConfig):
-        abs_tokens = spec.balance_abs_tokens
-        return PrefixAwareRouter(
-            pool.scheduler.max_num_batched_tokens if abs_tokens is None else abs_tokens,
-            spec.balance_rel, spec.cache_threshold,
-        )
+    spec = pool.config.router  # a router name, or ``{kind: prefix_aware, ...}`` with parameters
+    params = {} if isinstance(spec, str) else spec.model_dump(exclude={"kind"}, exclude_none=True)
+    params.setdefault("balance_abs_tokens", pool.scheduler.max_num_batched_tokens)
     stream = np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, pool_index))
-    return make_router(spec, rng=np.random.default_rng(stream),
-                       balance_abs_tokens=pool.scheduler.max_num_batched_tokens)
+    name = spec if isinstance(spec, str) else spec.kind
+    return make_router(name, rng=np.random.default_rng(stream), **params)
 
 
 class _Runtime:

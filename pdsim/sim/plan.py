@@ -271,6 +271,57 @@ def _pool_scheduler(exp: LoadedExperiment, cfg: PoolConfig, where: str) -> Sched
     return sched
 
 
+def _activation_bytes(exp: LoadedExperiment, model: ModelSpec, tp: int, sched: SchedulerConfig) -> int:
+    """Activation reserve per GPU: the configured one, else the estimate from the model shape."""
+    if sched.activation_reserve_gib is not None:
+        return int(sched.activation_reserve_gib * GIB)
+    mc = exp.config.model
+    act_bytes = 2 if mc.dtype == "fp8" else dtype_bytes(mc.dtype)  # fp8 weights run with bf16 activations
+    return activation_reserve_bytes(model, tp, sched.max_num_batched_tokens, sched.max_num_seqs, act_bytes)
+
+
+def _kv_blocks(gpu: GpuSpec, sched: SchedulerConfig, weights: int, act: int, kv_tok: int, head: str) -> int:
+    """KV blocks per GPU after weights and activations.
+
+    Raises:
+        CapacityError: not one block fits (``head`` says what does not fit where).
+    """
+    blocks, budget = kv_capacity_blocks(gpu.memory_bytes, sched.gpu_memory_utilization, weights, act, kv_tok, sched.block_size)
+    if blocks < 1:
+        raise CapacityError(
+            f"{head}: per GPU {gpu.memory_bytes / 1e9:.0f} GB x {sched.gpu_memory_utilization} utilisation - weights "
+            f"{weights / 1e9:.1f} GB - activations {act / 1e9:.1f} GB leaves {budget / 1e9:.2f} GB for the KV cache "
+            f"(one block needs {kv_tok * sched.block_size / 1e6:.2f} MB)"
+        )
+    return blocks
+
+
+def _price(gpu: GpuSpec, override: float | None, where: str) -> float:
+    """$/GPU-hour: the override, else the catalog's.
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    price = override if override is not None else gpu.price_usd_per_hour
+    if price != price:
+        raise ConfigError(f"{where}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
+    return float(price)
+
+
+def _latency_kinds(source: tuple, gpu: GpuSpec, where: str) -> tuple[str, ...]:
+    """Kinds of the latency data behind a source (measured / imported / derived / constant).
+
+    Raises:
+        ProfileError: an op-level profile cannot serve the source (naming ``where``).
+    """
+    if source[0] != "op_level":
+        return {"splitwise_table": ("imported",), "constant": ("constant",)}[source[0]]
+    try:
+        return tuple(sorted({p.source_kind for p in _op_level_model(source, gpu).profiles}))
+    except ProfileError as exc:
+        raise ProfileError(f"{where}.latency: {exc}") from None
+
+
 def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpec, where: str) -> PoolPlan:
     """Resolve one pool; builds its latency model once to validate the profile.
 
@@ -286,36 +337,18 @@ def plan_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: ModelSpe
     gpu = lookup_gpu(load_gpu_catalog(), cfg.gpu, f"{exp.path}: {where}.gpu")
     sched = _pool_scheduler(exp, cfg, where)
     mc = exp.config.model
-    nbytes = dtype_bytes(mc.dtype)
-    act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
-    weights = model.weight_bytes_per_gpu(cfg.tp, cfg.pp, nbytes)
-    if sched.activation_reserve_gib is not None:
-        act = int(sched.activation_reserve_gib * GIB)
-    else:
-        act = activation_reserve_bytes(model, cfg.tp, sched.max_num_batched_tokens, sched.max_num_seqs, act_bytes)
+    weights = model.weight_bytes_per_gpu(cfg.tp, cfg.pp, dtype_bytes(mc.dtype))
+    act = _activation_bytes(exp, model, cfg.tp, sched)
     kv_tok = model.kv_bytes_per_token_per_gpu(cfg.tp, cfg.pp, dtype_bytes(mc.effective_kv_dtype))
-    blocks, budget = kv_capacity_blocks(gpu.memory_bytes, sched.gpu_memory_utilization, weights, act, kv_tok, sched.block_size)
-    if blocks < 1:
-        raise CapacityError(
-            f"{exp.path}: {where}: {model.name} does not fit on {gpu.name} with tp={cfg.tp} pp={cfg.pp}: per GPU "
-            f"{gpu.memory_bytes / 1e9:.0f} GB x {sched.gpu_memory_utilization} utilisation - weights "
-            f"{weights / 1e9:.1f} GB - activations {act / 1e9:.1f} GB leaves {budget / 1e9:.2f} GB for the KV cache "
-            f"(one block needs {kv_tok * sched.block_size / 1e6:.2f} MB)"
-        )
-    price = cfg.price_usd_per_gpu_hour if cfg.price_usd_per_gpu_hour is not None else gpu.price_usd_per_hour
-    if price != price:
-        raise ConfigError(f"{exp.path}: {where}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
+    blocks = _kv_blocks(gpu, sched, weights, act, kv_tok,
+                        f"{exp.path}: {where}: {model.name} does not fit on {gpu.name} with tp={cfg.tp} pp={cfg.pp}")
+    price = _price(gpu, cfg.price_usd_per_gpu_hour, f"{exp.path}: {where}")
     source = _latency_source(exp, cfg, model, gpu, where)
-    kinds: tuple[str, ...] = {"splitwise_table": ("imported",), "constant": ("constant",)}.get(source[0], ())
-    if source[0] == "op_level":
-        try:
-            kinds = tuple(sorted({p.source_kind for p in _op_level_model(source, gpu).profiles}))
-        except ProfileError as exc:
-            raise ProfileError(f"{exp.path}: {where}.latency: {exc}") from None
+    kinds = _latency_kinds(source, gpu, f"{exp.path}: {where}")
     plan = PoolPlan(
         role=role, config=cfg, gpu=gpu, tp=cfg.tp, pp=cfg.pp, instances=cfg.instances, scheduler=sched,
         capacity_blocks=blocks, weight_bytes_per_gpu=weights, activation_bytes_per_gpu=act,
-        kv_bytes_per_token_per_gpu=kv_tok, price_usd_per_gpu_hour=float(price),
+        kv_bytes_per_token_per_gpu=kv_tok, price_usd_per_gpu_hour=price,
         latency_source=source, latency_source_kinds=kinds, stage_layers=pp_layer_split(model.num_layers, cfg.pp),
     )
     plan.build_latency()  # validate now, with the config location in any error
@@ -357,11 +390,7 @@ def _plan_staged_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: 
     sched = _pool_scheduler(exp, cfg, where)
     mc = exp.config.model
     nbytes = dtype_bytes(mc.dtype)
-    act_bytes = 2 if mc.dtype == "fp8" else nbytes  # fp8 weights run with bf16 activations
-    if sched.activation_reserve_gib is not None:
-        act = int(sched.activation_reserve_gib * GIB)
-    else:
-        act = activation_reserve_bytes(model, cfg.tp, sched.max_num_batched_tokens, sched.max_num_seqs, act_bytes)
+    act = _activation_bytes(exp, model, cfg.tp, sched)
     kv_nbytes = dtype_bytes(mc.effective_kv_dtype)
     catalog = load_gpu_catalog()
     pp = len(layers)
@@ -372,35 +401,24 @@ def _plan_staged_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: 
         gpu = lookup_gpu(catalog, st.gpu or cfg.gpu, f"{exp.path}: {w}.gpu")
         weights = model.stage_weight_bytes_per_gpu(cfg.tp, pp, i, st.layers, nbytes)
         kv_tok = _stage_kv_bytes_per_token_per_gpu(model, cfg.tp, st.layers, kv_nbytes)
-        blocks, budget = kv_capacity_blocks(gpu.memory_bytes, sched.gpu_memory_utilization, weights, act, kv_tok, sched.block_size)
-        if blocks < 1:
-            raise CapacityError(
-                f"{exp.path}: {w}: {st.layers} layers of {model.name} do not fit on {gpu.name} with tp={cfg.tp}: per GPU "
-                f"{gpu.memory_bytes / 1e9:.0f} GB x {sched.gpu_memory_utilization} utilisation - weights "
-                f"{weights / 1e9:.1f} GB - activations {act / 1e9:.1f} GB leaves {budget / 1e9:.2f} GB for the KV cache "
-                f"(one block needs {kv_tok * sched.block_size / 1e6:.2f} MB)"
-            )
-        price = next((v for v in (st.price_usd_per_gpu_hour, cfg.price_usd_per_gpu_hour) if v is not None), gpu.price_usd_per_hour)
-        if price != price:
-            raise ConfigError(f"{exp.path}: {w}.price_usd_per_gpu_hour: the catalog has no price for {gpu.name}; set one")
+        blocks = _kv_blocks(gpu, sched, weights, act, kv_tok,
+                            f"{exp.path}: {w}: {st.layers} layers of {model.name} do not fit on {gpu.name} with tp={cfg.tp}")
+        override = st.price_usd_per_gpu_hour if st.price_usd_per_gpu_hour is not None else cfg.price_usd_per_gpu_hour
+        price = _price(gpu, override, f"{exp.path}: {w}")
         stage_cfg = cfg.model_copy(update={"latency": st.latency if st.latency is not None else cfg.latency})
         source = _latency_source(exp, stage_cfg, model, gpu, w)
         if source[0] == "op_level":
             source = (*source, layers)
-            try:
-                profiles = _op_level_model(source, gpu).profiles
-            except ProfileError as exc:
-                raise ProfileError(f"{exp.path}: {w}.latency: {exc}") from None
+        kinds.update(_latency_kinds(source, gpu, f"{exp.path}: {w}"))
+        if source[0] == "op_level":
+            profiles = _op_level_model(source, gpu).profiles
             measured_on = {p.meta.gpu for p in profiles if p.meta.gpu}
             if measured_on and gpu.name not in measured_on:
                 raise ConfigError(
                     f"{exp.path}: {w}.latency: profiles {[p.name for p in profiles]} were measured on {sorted(measured_on)}, "
                     f"not on this stage's {gpu.name}; give the stage its own latency"
                 )
-            kinds.update(p.source_kind for p in profiles)
-        else:
-            kinds.update({"splitwise_table": ("imported",), "constant": ("constant",)}[source[0]])
-        stages.append(StagePlan(gpu, st.layers, weights, kv_tok, blocks, float(price), source))
+        stages.append(StagePlan(gpu, st.layers, weights, kv_tok, blocks, price, source))
     plan = PoolPlan(
         role=role, config=cfg, gpu=stages[0].gpu, tp=cfg.tp, pp=pp, instances=cfg.instances, scheduler=sched,
         capacity_blocks=min(st.capacity_blocks for st in stages),
