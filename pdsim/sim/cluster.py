@@ -17,7 +17,11 @@ and so shows in TPOT, and is reported in its own column ``kv_transfer_s``.
 With ``topology:`` (``plan.topology``, docs/interconnect.md) the ports are those of the route
 (``pdsim.hardware.topology.TransferCost.resources``: intra-node link ports of the two instances, NICs
 of their nodes, host links), each a capacity-1 resource, acquired in one global order; the transfer
-holds them for the path's time (after the prefill, only the layer-wise tail when ``layerwise``).
+holds them for the path's time (after the prefill, only the layer-wise tail when ``layerwise``). The
+``kv_link`` model is the one-hop case of the same transfer process (egress, then ingress).
+
+With ``plan.mixed_pool`` and ``decode_on_prefill``, a prefilled request that no decode instance has
+room for stays on its prefill instance, which decodes it (``Request.decoded_on_prefill``).
 
 Routing (docs/routing.md): each pool's router (``pdsim.routing.routers``) picks the instance of a new
 request (first pool) and of a prefilled one (decode pool). With ``plan.mixed_pool`` (Splitwise's mixed
@@ -35,6 +39,7 @@ import pandas as pd
 import simpy
 
 from pdsim.core.kv import KVBlockManager
+from pdsim.hardware.topology import TransferCost
 from pdsim.core.request import Phase, Request
 from pdsim.errors import InvariantViolation
 from pdsim.routing.routers import Router, make_router
@@ -136,10 +141,7 @@ class _Runtime:
                     members.append(Instance(**common))
             self.pools.append(members)
             self.routers.append(_router_for(pool, seed, pool_index))
-        if plan.link is not None:
-            self.egress = [simpy.Resource(env, capacity=1) for _ in self.pools[0]]
-            self.ingress = [simpy.Resource(env, capacity=1) for _ in self.pools[1]]
-        self.kv_ports: dict[tuple[int, int, int], simpy.Resource] = {}  # topology ports, made on first use
+        self.kv_ports: dict[tuple[int, int, int], simpy.Resource] = {}  # KV ports, made on first use
 
     # -- arrivals ------------------------------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -184,39 +186,28 @@ class _Runtime:
 
     def _start_transfer(self, dst: DecodeInstance, req: Request) -> None:
         req.kv_transfer_wait_s = self.env.now - req._ready_s
-        routed = self.plan.topology is not None
-        self.env.process(self._transfer_routed(dst, req) if routed else self._transfer(dst, req))
+        self.env.process(self._transfer(dst, req))
+
+    def _route(self, src: Instance, dst: DecodeInstance, req: Request) -> tuple[TransferCost, float]:
+        """The transfer's cost and ports, and the time it holds them after the prefill ended."""
+        plan = self.plan
+        nbytes = plan.kv_transfer_bytes(req.kv_tokens)
+        if plan.topology is None:  # ``kv_link``: the prefill instance's egress port, the decode one's ingress
+            link = plan.link
+            wire_s = link.transfer_s(nbytes)
+            cost = TransferCost(link.kind, nbytes, nbytes, 0.0, wire_s, 0.0, 0.0, 0.0,
+                                ((-1, 0, src.index), (-1, 1, dst.index)))
+            return cost, wire_s
+        cost = plan.topology.cost(src.index, dst.index, nbytes)
+        return cost, plan.topology.visible_s(cost.total_s, req.first_token_s - req.prefill_start_s)
 
     def _transfer(self, dst: DecodeInstance, req: Request):
+        """KV transfer: wait for every port of the route (in its order), hold them for the path time
+        (the layer-wise tail when streaming), then hand the request to the decode instance."""
         env = self.env
         src = self.pools[0][req.prefill_instance]
         start = env.now
-        nbytes = self.plan.kv_transfer_bytes(req.kv_tokens)
-        with self.egress[src.index].request() as out_port:
-            yield out_port
-            with self.ingress[dst.index].request() as in_port:
-                yield in_port
-                req.kv_transfer_queue_s = env.now - start
-                yield env.timeout(self.plan.link.transfer_s(nbytes))
-        req.kv_transfer_s = env.now - start
-        req.kv_transfer_bytes, req.kv_transfer_path = nbytes, self.plan.link.kind
-        req.kv_transfer_network_s = self.plan.link.transfer_s(nbytes)
-        req.kv_transfer_d2h_s = req.kv_transfer_h2d_s = req.kv_convert_s = req.kv_compress_s = 0.0
-        req.kv_transfer_hidden_s = 0.0
-        src.scheduler.release(req)  # type: ignore[attr-defined]
-        src.poke()
-        dst.accept(req)
-
-    def _transfer_routed(self, dst: DecodeInstance, req: Request):
-        """KV transfer over the topology's route: wait for every port (global order), hold them for the
-        path time (the layer-wise tail when streaming), then hand the request to the decode instance."""
-        env = self.env
-        topo = self.plan.topology
-        src = self.pools[0][req.prefill_instance]
-        start = env.now
-        cost = topo.cost(src.index, dst.index, self.plan.kv_transfer_bytes(req.kv_tokens))
-        total_s = cost.total_s
-        hold_s = topo.visible_s(total_s, req.first_token_s - req.prefill_start_s)
+        cost, hold_s = self._route(src, dst, req)
         held = []
         for key in cost.resources:
             port = self.kv_ports.get(key)
@@ -233,7 +224,7 @@ class _Runtime:
         req.kv_transfer_bytes, req.kv_transfer_path = cost.wire_bytes, cost.path
         req.kv_transfer_d2h_s, req.kv_transfer_network_s, req.kv_transfer_h2d_s = cost.d2h_s, cost.network_s, cost.h2d_s
         req.kv_convert_s, req.kv_compress_s = cost.convert_s, cost.compress_s
-        req.kv_transfer_hidden_s = total_s - hold_s
+        req.kv_transfer_hidden_s = cost.total_s - hold_s
         src.scheduler.release(req)  # type: ignore[attr-defined]
         src.poke()
         dst.accept(req)
