@@ -53,8 +53,8 @@ class GpuSpec:
 
         PCI-SIG base specifications: 16 / 32 / 64 GT/s per lane for Gen4 / 5 / 6, 16 lanes, 128b/130b
         encoding for Gen4 and Gen5 (Gen6 FLIT mode is counted at its raw rate). Gen4 x16 = 252 Gb/s
-        (31.5 GB/s). Achieved copy bandwidth is lower (pinned-memory copies reach roughly 80-90 % of it);
-        a profile's measured ``memcpy`` table, where one exists, is the better figure.
+        (31.5 GB/s). Achieved copy bandwidth is lower (packet and protocol overheads); a profile's
+        measured ``memcpy`` table, where one exists, is the better figure.
         """
         rates = {4: 16.0 * 128 / 130, 5: 32.0 * 128 / 130, 6: 64.0}
         return rates[self.pcie_gen] * 16 if self.pcie_gen in rates else math.nan
