@@ -72,10 +72,6 @@ class KVBlockManager:
         self.evicted_units = 0
 
     @property
-    def prefix_caching(self) -> bool:
-        return self.unit_blocks > 0
-
-    @property
     def free_blocks(self) -> int:
         """Blocks not used by anything (cached units excluded)."""
         return self.capacity_blocks - self.used_blocks
