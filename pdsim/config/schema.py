@@ -429,12 +429,9 @@ class SweepConfig(_Strict):
         return v
 
 
-class Experiment(_Strict):
-    """A whole experiment file.
-
-    ``latency_models`` names latency configs that pools refer to by name (``latency: a100``); after
-    validation every pool holds the resolved config.
-    """
+class ExperimentHeader(_Strict):
+    """What every experiment-like file (``pdsim run`` experiments, ``pdsim search`` files) starts with:
+    a name, the seed, the model, the SLOs, scheduler defaults and named latency models."""
 
     name: str
     description: str = ""
@@ -443,38 +440,48 @@ class Experiment(_Strict):
     slo: SloConfig
     scheduler: SchedulerConfig = SchedulerConfig()
     latency_models: dict[str, LatencyConfig] = Field(default_factory=dict)
-    deployments: list[DeploymentConfig] = Field(min_length=1)
-    workloads: dict[str, WorkloadSpec] = Field(min_length=1)
-    # Only `pdsim sweep` reads it; excluded from model_dump, so resolved configs and point hashes ignore it.
-    sweep: SweepConfig | None = Field(default=None, exclude=True)
 
     @field_validator("model", mode="before")
     @classmethod
     def _model_from_name(cls, v):
         return {"name": v} if isinstance(v, str) else v
 
+    def named_latency(self, value, where: str):
+        """``value`` itself, or the ``latency_models`` entry it names.
+
+        Raises:
+            ValueError: an unknown name (naming ``where`` and the defined names).
+        """
+        if not isinstance(value, str):
+            return value
+        if value not in self.latency_models:
+            raise ValueError(
+                f"{where}: unknown latency model {value!r}; defined in latency_models: {sorted(self.latency_models)}")
+        return self.latency_models[value]
+
+
+class Experiment(ExperimentHeader):
+    """A whole experiment file.
+
+    ``latency_models`` names latency configs that pools refer to by name (``latency: a100``); after
+    validation every pool holds the resolved config.
+    """
+
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    workloads: dict[str, WorkloadSpec] = Field(min_length=1)
+    # Only `pdsim sweep` reads it; excluded from model_dump, so resolved configs and point hashes ignore it.
+    sweep: SweepConfig | None = Field(default=None, exclude=True)
+
     @model_validator(mode="after")
     def _resolve_latency_names(self):
         def resolve(pool: PoolConfig, where: str) -> PoolConfig:
             if pool.stages is not None and any(isinstance(st.latency, str) for st in pool.stages):
-                stages = []
-                for j, st in enumerate(pool.stages):
-                    if isinstance(st.latency, str):
-                        if st.latency not in self.latency_models:
-                            raise ValueError(
-                                f"{where}.stages[{j}].latency: unknown latency model {st.latency!r}; defined in "
-                                f"latency_models: {sorted(self.latency_models)}"
-                            )
-                        st = st.model_copy(update={"latency": self.latency_models[st.latency]})
-                    stages.append(st)
+                stages = [st.model_copy(update={"latency": self.named_latency(st.latency, f"{where}.stages[{j}].latency")})
+                          if isinstance(st.latency, str) else st for j, st in enumerate(pool.stages)]
                 pool = pool.model_copy(update={"stages": stages})
             if not isinstance(pool.latency, str):
                 return pool
-            if pool.latency not in self.latency_models:
-                raise ValueError(
-                    f"{where}.latency: unknown latency model {pool.latency!r}; defined in latency_models: {sorted(self.latency_models)}"
-                )
-            return pool.model_copy(update={"latency": self.latency_models[pool.latency]})
+            return pool.model_copy(update={"latency": self.named_latency(pool.latency, f"{where}.latency")})
 
         resolved = []
         for i, d in enumerate(self.deployments):

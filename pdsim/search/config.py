@@ -31,19 +31,17 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pdsim.config.load import apply_overrides, format_validation_error, read_yaml_mapping
 from pdsim.config.schema import (
+    ExperimentHeader,
     LatencyConfig,
     LinkConfig,
-    ModelConfig,
-    SchedulerConfig,
+    RouterName,
     SchedulerOverrides,
-    SloConfig,
     _Strict,
 )
 from pdsim.config.workload import (
     ClosedLoopWorkload,
     GammaWorkload,
     PoissonWorkload,
-    TraceWorkload,
     WorkloadSpec,
 )
 from pdsim.errors import ConfigError
@@ -98,7 +96,7 @@ class SearchSpace(_Strict):
     kinds: list[Literal["colocated", "disaggregated"]] = Field(
         default_factory=lambda: ["colocated", "disaggregated"], min_length=1)
     kv_link: LinkConfig = LinkConfig()
-    router: Literal["least_tokens", "jsq", "round_robin", "power_of_two", "prefix_aware"] = "least_tokens"
+    router: RouterName = "least_tokens"
     budget_usd_per_hour: float | None = Field(default=None, gt=0)
     target_rate_rps: float | None = Field(default=None, gt=0)
     strategy: Literal["smart", "exhaustive"] = "smart"
@@ -133,7 +131,7 @@ class SearchSpace(_Strict):
         return self
 
 
-class SearchConfig(_Strict):
+class SearchConfig(ExperimentHeader):
     """A whole search file (see the module docstring).
 
     The workload's rate (``rate_rps`` of a synthetic workload, ``rate_scale`` of a trace) is replaced
@@ -141,28 +139,13 @@ class SearchConfig(_Strict):
     that every probe simulates the same requests, only compressed or stretched in time.
     """
 
-    name: str
-    description: str = ""
-    seed: int = Field(default=0, ge=0)
-    model: ModelConfig
-    slo: SloConfig
-    scheduler: SchedulerConfig = SchedulerConfig()
-    latency_models: dict[str, LatencyConfig] = Field(default_factory=dict)
     workload: WorkloadSpec
     search: SearchSpace
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_from_name(cls, v):
-        return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _check(self):
         for i, item in enumerate(self.search.inventory):
-            if isinstance(item.latency, str) and item.latency not in self.latency_models:
-                raise ValueError(
-                    f"search.inventory[{i}].latency: unknown latency model {item.latency!r}; "
-                    f"defined in latency_models: {sorted(self.latency_models)}")
+            self.named_latency(item.latency, f"search.inventory[{i}].latency")  # unknown names fail here
         wl = self.workload
         if isinstance(wl, ClosedLoopWorkload):  # docs/workloads.md
             raise ValueError(
@@ -177,10 +160,9 @@ class SearchConfig(_Strict):
 
 @dataclass(frozen=True)
 class LoadedSearch:
-    """A validated search file, its raw (overridden) mapping and where it came from."""
+    """A validated search file and where it came from."""
 
     config: SearchConfig
-    raw: dict
     path: Path
 
     @property
@@ -204,8 +186,4 @@ def load_search_file(path: Path | str, overrides: list[str] | None = None) -> Lo
         config = SearchConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(str(path), err, data)) from None
-    return LoadedSearch(config=config, raw=data, path=path)
-
-
-def is_trace_workload(config: SearchConfig) -> bool:
-    return isinstance(config.workload, TraceWorkload)
+    return LoadedSearch(config=config, path=path)
