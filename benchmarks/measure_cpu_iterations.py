@@ -50,8 +50,6 @@ import argparse
 import datetime as dt
 import gc
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -63,6 +61,9 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from profile_tools.device import cpu_vendor_and_name  # noqa: E402
+from profile_tools.timing import HostLoadMeter  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "pdsim/data/model_configs/pdsim-tiny-llama.json"
 DEFAULT_OUT = ROOT / "benchmarks/results/cpu_iterations.csv"
@@ -97,17 +98,6 @@ def quick_points() -> list[IterationPoint]:
     """A handful of points (well under 30 s)."""
     return [IterationPoint("prefill", 1, 64), IterationPoint("prefill", 4, 256),
             IterationPoint("decode", 1, 256), IterationPoint("decode", 16, 256), IterationPoint("decode", 64, 1024)]
-
-
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _prompt(n: int, salt: int, vocab: int) -> list[int]:
@@ -168,28 +158,10 @@ class _DecodeRunner:
             self.model.free(sid)
 
 
-class _CpuMeter:
-    """CPU time used by OTHER processes (and stolen by the hypervisor), in cores, between two snapshots:
-    busy ticks of all CPUs (/proc/stat: user, nice, system, irq, softirq, steal) minus this process's
-    own (/proc/self/stat: utime, stime), over the wall time. Linux only; NaN elsewhere. Tick
-    resolution is 10 ms, so it is meaningful over a segment (about a second), not over one step."""
-
-    def __init__(self) -> None:
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def snapshot(self) -> tuple[float, int, int] | None:
-        try:
-            cpu = Path("/proc/stat").read_text().splitlines()[0].split()
-            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in cpu[1:9])
-        return time.perf_counter(), user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])
-
-    def others_cores(self, a: tuple[float, int, int] | None, b: tuple[float, int, int] | None) -> float:
-        if a is None or b is None or b[0] <= a[0]:
-            return float("nan")
-        return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / self.hz / (b[0] - a[0]))
+def _others_cores(meter: HostLoadMeter, started) -> float:
+    """CPU (in cores) other processes used since ``meter.start()`` (NaN where ``/proc/stat`` is missing)."""
+    share, _ = meter.other_share(started)
+    return float("nan") if share is None else share * meter.cpus
 
 
 def measure(config_path: str | Path, points: list[IterationPoint], repeats: int = 10, *, warmup: int = 2,
@@ -203,7 +175,7 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
     many points (which the median ignores) rather than all repeats of a few. All points' states are
     therefore alive at once (the full grid holds about 1.7 GiB of KV in fp32 plus a 0.5 GiB decode
     workspace; the process peaked at about 5 GB resident). A pass is cut into
-    segments of about ``segment_s`` of work; for each segment ``_CpuMeter`` measures the CPU other
+    segments of about ``segment_s`` of work; for each segment ``HostLoadMeter`` measures the CPU other
     processes used. With ``max_others_cores`` set, the samples of a segment where they used more are
     "contended": kept aside, and the points run again in a later pass, until every point has
     ``repeats`` quiet samples, or ``max_wall_s`` has passed (and every point has at least 3 samples).
@@ -252,7 +224,7 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
             raise ValueError(f"unknown phase {pt.phase!r} in {pt}")
         if pt.length + 1 > model.max_positions:
             raise ValueError(f"{pt}: length beyond max_positions {model.max_positions}")
-    common = {"num_threads": torch.get_num_threads(), "torch_version": torch.__version__, "cpu_name": cpu_name(),
+    common = {"num_threads": torch.get_num_threads(), "torch_version": torch.__version__, "cpu_name": cpu_vendor_and_name()[1],
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "model": config_path.stem,
               "dtype": dtype}
 
@@ -278,7 +250,7 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
             return False
         return len(quiet) < repeats
 
-    meter = _CpuMeter()
+    meter = HostLoadMeter()
     try:
         for _ in range(warmup):
             for r in runners:
@@ -296,7 +268,7 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
                     break
                 n_pass += 1
                 seg_ns: list[tuple[int, int]] = []
-                seg_snap, seg_t0, verdicts = meter.snapshot(), time.perf_counter(), []
+                seg_snap, seg_t0, verdicts = meter.start(), time.perf_counter(), []
                 for k, j in enumerate(todo):
                     t0 = time.perf_counter_ns()
                     runners[j].step()
@@ -304,14 +276,14 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
                     runners[j].reset()
                     if time.perf_counter() - seg_t0 < segment_s and k + 1 < len(todo):
                         continue
-                    others = meter.others_cores(seg_snap, meter.snapshot())
+                    others = _others_cores(meter, seg_snap)
                     quiet = max_others_cores is None or not others > max_others_cores  # NaN counts as quiet
                     for jj, ns in seg_ns:
                         samples[jj].append((ns, others, quiet))
                     verdicts.append(quiet)
                     if not quiet:
                         time.sleep(1.0)  # let a burst pass
-                    seg_ns, seg_snap, seg_t0 = [], meter.snapshot(), time.perf_counter()
+                    seg_ns, seg_snap, seg_t0 = [], meter.start(), time.perf_counter()
                 if progress:
                     print(f"  pass {n_pass}: {len(todo)} points, {sum(verdicts)}/{len(verdicts)} segments quiet, "
                           f"{time.perf_counter() - t_start:5.0f} s so far", flush=True)
@@ -424,7 +396,7 @@ def engine_overhead(args) -> int:
     grid = dict(batch_sizes=(1, 4, 16), prompt_lens=(64,), output_tokens=9) if args.quick else {}
     summary, df = measure_engine_overhead(engine, latency, **grid)
     summary.update({"profile": prof.name, "threads": torch.get_num_threads(), "torch_version": torch.__version__,
-                    "cpu_name": cpu_name(), "model_config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
+                    "cpu_name": cpu_vendor_and_name()[1], "model_config": str(args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config),
                     "command": " ".join(["python", "benchmarks/measure_cpu_iterations.py", *sys.argv[1:]])})
     out = args.out if args.out != DEFAULT_OUT else ROOT / f"benchmarks/results/engine_overhead_{prof.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

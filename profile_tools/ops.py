@@ -28,12 +28,13 @@ writing a buffer larger than the last-level cache (GPU: 256 MiB, 512 MiB on ROCm
 Infinity Cache, or twice the reported L2 if larger, with ``zero_()`` as triton's ``do_bench`` does;
 CPU: twice the total L3 of all sockets or CCXs, at least 64 MiB). In a forward pass one layer's
 weights and KV cache are evicted by the other layers' before they are read again, so cold-cache
-numbers are the ones a model sees. On the 2-core EPYC VM the tiny model's decode GEMMs (m = 1) ran 3-4x faster with hot caches
-than in a real forward pass (``pdsim.live.model``); flushed, they matched it within 10%, as did
-prefill GEMMs and attention at 2048 tokens. Elementwise ops, copies and collectives are timed without
-flushing, back to back. Known gap: inside a CPU forward pass an elementwise op that follows a
-multi-threaded GEMM took 1-3x its back-to-back time at 32-2048 tokens (OpenMP thread-pool hand-off);
-on the tiny model that is about 1-2% of an iteration.
+numbers are the ones a model sees. In one-off comparisons on the 2-core EPYC VM during development (not
+kept as a benchmark; ``benchmarks/accuracy_cpu.py`` compares whole iterations) the tiny model's decode
+GEMMs (m = 1) ran 3-4x faster with hot caches than in a real forward pass (``pdsim.live.model``);
+flushed, they matched it within 10%, as did prefill GEMMs and attention at 2048 tokens. Elementwise
+ops, copies and collectives are timed without flushing, back to back. Known gap: inside a CPU forward pass an elementwise op that follows a
+multi-threaded GEMM took 1-3x its back-to-back time at 32-2048 tokens (OpenMP thread-pool hand-off; the
+same one-off comparisons); on the tiny model that is about 1-2% of an iteration.
 """
 
 from __future__ import annotations

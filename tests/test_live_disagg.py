@@ -9,6 +9,7 @@ workers) is refused before any process starts."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,8 @@ from pdsim.live.engine import (  # noqa: E402
     check_fits,
     memory_need_bytes,
 )
+from pdsim.live.workload import trace_requests  # noqa: E402
 from pdsim.metrics.records import REQUEST_COLUMNS, requests_frame  # noqa: E402
-from pdsim.workload import load_trace  # noqa: E402
 
 SMALL = {  # a small Llama so the workers start and run in seconds
     "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -47,12 +48,10 @@ def small_cfg_path(tmp_path_factory):
 
 
 def workload(n=24, max_prompt=48, max_output=12, rate_scale=8.0) -> pd.DataFrame:
-    df = load_trace("traces/tiny/tiny.csv").iloc[:n].copy()
-    df["prompt_tokens"] = df["prompt_tokens"].clip(upper=max_prompt)
-    df["output_tokens"] = df["output_tokens"].clip(upper=max_output)
-    df["arrival_s"] = df["arrival_s"] / rate_scale
-    df.insert(0, "request_id", np.arange(len(df), dtype=np.int64))
-    return df.reset_index(drop=True)
+    """The first n requests of the tiny trace, capped and sped up, as ``pdsim live`` reads them."""
+    return trace_requests(trace=Path("traces/tiny/tiny.csv"), trace_format="auto", rate_scale=rate_scale,
+                          window_start_s=0.0, window_duration_s=None, max_requests=n, max_prompt_tokens=max_prompt,
+                          max_output_tokens=max_output, seed=0)[1]
 
 
 @pytest.fixture(scope="module")

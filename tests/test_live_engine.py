@@ -6,8 +6,8 @@ the simulator's request columns, and batching does not change the greedy tokens.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,6 +19,7 @@ from pdsim.cli import app  # noqa: E402
 from pdsim.errors import ConfigError  # noqa: E402
 from pdsim.live.engine import ITERATION_COLUMNS, EngineConfig, LiveEngine, prompt_token_ids  # noqa: E402
 from pdsim.live.model import LlamaModel  # noqa: E402
+from pdsim.live.workload import trace_requests  # noqa: E402
 from pdsim.metrics.records import REQUEST_COLUMNS  # noqa: E402
 from pdsim.workload import load_trace  # noqa: E402
 
@@ -45,12 +46,10 @@ def small_cfg_path(tmp_path_factory):
 
 
 def tiny_workload(n=20, max_prompt=48, max_output=12, rate_scale=4.0) -> pd.DataFrame:
-    df = load_trace("traces/tiny/tiny.csv").iloc[:n].copy()
-    df["prompt_tokens"] = df["prompt_tokens"].clip(upper=max_prompt)
-    df["output_tokens"] = df["output_tokens"].clip(upper=max_output)
-    df["arrival_s"] = df["arrival_s"] / rate_scale
-    df.insert(0, "request_id", np.arange(len(df), dtype=np.int64))
-    return df.reset_index(drop=True)
+    """The first n requests of the tiny trace, capped and sped up, as ``pdsim live`` reads them."""
+    return trace_requests(trace=Path("traces/tiny/tiny.csv"), trace_format="auto", rate_scale=rate_scale,
+                          window_start_s=0.0, window_duration_s=None, max_requests=n, max_prompt_tokens=max_prompt,
+                          max_output_tokens=max_output, seed=0)[1]
 
 
 def check_result(result, workload, capacity_blocks, block_size):

@@ -333,7 +333,7 @@ def test_chunked_prefill_equals_one_shot(model_pair):
     assert m.step(decode=[("c", nxt)]) == ref.step(decode=[("c", nxt)])
 
 
-def test_kv_export_import_continues_on_another_instance(tiny_cfg, model_pair):
+def test_kv_export_import_continues_on_another_instance(model_pair):
     prefill_inst, decode_inst = model_pair
     p = prompt(21, 11)
     first = prefill_inst.step(prefill=[("r", p)])["r"]

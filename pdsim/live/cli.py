@@ -14,40 +14,32 @@ from typing import Annotated, Optional
 import typer
 
 from pdsim.errors import ConfigError, PdsimError
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _ms(v: float) -> str:
-    return "-" if v != v else f"{v * 1e3:.1f}"
+from pdsim.live import options as opts
 
 
 def live_command(
-    trace: Annotated[Path, typer.Option("--trace", help="Request trace (azure / csv / mooncake / jsonl; see pdsim.workload.load_trace).")],
-    trace_format: Annotated[str, typer.Option("--trace-format", help="Trace format (auto, azure, mooncake, csv, jsonl).")] = "auto",
-    rate_scale: Annotated[float, typer.Option("--rate-scale", help="Request-rate multiplier: arrival times are divided by it.")] = 1.0,
-    max_requests: Annotated[Optional[int], typer.Option("--max-requests", help="Replay at most this many requests.")] = None,
-    window_start_s: Annotated[float, typer.Option("--window-start-s", help="Start of the replayed window on the trace's time axis (s).")] = 0.0,
-    window_duration_s: Annotated[Optional[float], typer.Option("--window-duration-s", help="Length of the window in trace seconds (default: to the end).")] = None,
-    max_prompt_tokens: Annotated[Optional[int], typer.Option("--max-prompt-tokens", help="Cap every prompt at this many tokens (for quick runs and tests).")] = None,
-    max_output_tokens: Annotated[Optional[int], typer.Option("--max-output-tokens", help="Cap every output at this many tokens (for quick runs and tests).")] = None,
+    trace: opts.Trace,
+    trace_format: opts.TraceFormat = "auto",
+    rate_scale: opts.RateScale = 1.0,
+    max_requests: opts.MaxRequests = None,
+    window_start_s: opts.WindowStartS = 0.0,
+    window_duration_s: opts.WindowDurationS = None,
+    max_prompt_tokens: opts.MaxPromptTokens = None,
+    max_output_tokens: opts.MaxOutputTokens = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default results/live-<trace>-<timestamp>).")] = None,
-    model_config: Annotated[Optional[Path], typer.Option("--model-config", help="HF config.json of a Llama-architecture model (default: pdsim's tiny Llama).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
-    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:N.")] = "cpu",
+    model_config: opts.ModelConfig = None,
+    dtype: opts.Dtype = "fp32",
+    device: opts.Device = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the weights and the prompt token ids.")] = 0,
-    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="Token budget of one iteration.")] = 8192,
-    max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", help="Most requests in one iteration.")] = 256,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")] = 16,
+    max_num_batched_tokens: opts.MaxNumBatchedTokens = 8192,
+    max_num_seqs: opts.MaxNumSeqs = 256,
+    block_size: opts.BlockSize = 16,
     kv_capacity_tokens: Annotated[Optional[int], typer.Option("--kv-capacity-tokens", help="KV capacity in tokens (rounded down to whole blocks). Default 32768.")] = None,
     kv_capacity_blocks: Annotated[Optional[int], typer.Option("--kv-capacity-blocks", help="KV capacity in blocks (instead of --kv-capacity-tokens).")] = None,
-    watermark_fraction: Annotated[float, typer.Option("--watermark-fraction", help="Fraction of KV blocks kept free when admitting prefills.")] = 0.01,
-    ttft_slo_s: Annotated[float, typer.Option("--ttft-slo-s", help="TTFT target (s) for SLO attainment.")] = 1.0,
-    tpot_slo_s: Annotated[float, typer.Option("--tpot-slo-s", help="TPOT target (s) for SLO attainment.")] = 0.1,
-    slo_percentile: Annotated[float, typer.Option("--slo-percentile", help="Percentile judged against the SLOs.")] = 90.0,
+    watermark_fraction: opts.WatermarkFraction = 0.01,
+    ttft_slo_s: opts.TtftSloS = 1.0,
+    tpot_slo_s: opts.TpotSloS = 0.1,
+    slo_percentile: opts.SloPercentile = 90.0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads (colocated default: torch's default; disaggregated: per worker, default 1).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="colocated (one engine) or disaggregated (a prefill and a decode worker process, KV sent over torch.distributed gloo).")] = "colocated",
 ) -> None:
@@ -57,9 +49,9 @@ def live_command(
     try:
         _live(**locals())
     except PdsimError as exc:
-        _fail(str(exc))
+        opts.fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        opts.fail("interrupted", 130)
 
 
 def _live(*, trace, trace_format, rate_scale, max_requests, window_start_s, window_duration_s, max_prompt_tokens,
@@ -152,7 +144,5 @@ def _live(*, trace, trace_format, rate_scale, max_requests, window_start_s, wind
     s = summary.iloc[0]
     typer.echo(f"completed {int(s['completed'])}/{int(s['requests'])} in {result.wall_s:.2f} s, "
                f"{iterations} iterations, {result.preemptions} preemptions")
-    typer.echo(f"TTFT p50/p90 ms: {_ms(s['ttft_p50_s'])}/{_ms(s['ttft_p90_s'])}   "
-               f"TPOT p50/p90 ms: {_ms(s['tpot_p50_s'])}/{_ms(s['tpot_p90_s'])}   "
-               f"SLO attainment {s['slo_attainment'] * 100:.1f}%   {s['output_tokens_per_s']:.0f} tok/s")
+    typer.echo(opts.latency_line(s))
     typer.echo(f"run directory: {run_dir}")

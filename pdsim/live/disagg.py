@@ -89,8 +89,9 @@ SWITCH_INTERVAL_S = 1e-4
 """The workers' ``sys.setswitchinterval``. Each worker's main thread runs the model (Python between torch
 ops, holding the GIL) while its helper threads wait for control messages and KV; a helper that wakes
 must get the GIL, which CPython grants after the switch interval at the latest (default 5 ms, Python docs
-``sys.setswitchinterval``): several such hand-offs per transfer added 5-20 ms to each one in a first
-measurement. 0.1 ms bounds that; the cost is a forced switch only while a helper is waiting to run."""
+``sys.setswitchinterval``): several such hand-offs per transfer added milliseconds to each one in a
+first, unrecorded test. 0.1 ms bounds each wait; the cost is a forced switch only while a helper is
+waiting to run."""
 
 JOIN_TIMEOUT_S = 60.0
 """How long the coordinator waits for the workers to exit once their records are in (then it ends them)."""
@@ -111,10 +112,6 @@ class PrefillCore(EngineCore):
     @staticmethod
     def make_scheduler(kv: KVBlockManager, limits: SchedulerLimits) -> PrefillOnlyScheduler:
         return PrefillOnlyScheduler(kv, limits)
-
-    def enqueue(self, req: Request) -> None:
-        req.prefill_instance = req.decode_instance = 0
-        self.sched.enqueue(req)
 
     def _handed_off(self, completion: Completion) -> None:
         for r in completion.handed_off:

@@ -57,8 +57,8 @@ from pdsim.scheduling.batch import (
     SchedulerLimits,
 )
 
-DEFAULT_MODEL_CONFIG = "pdsim/data/model_configs/pdsim-tiny-llama.json"
-"""The default model: pdsim's tiny synthetic Llama (resolved from the installed package)."""
+DEFAULT_MODEL_CONFIG = "data/model_configs/pdsim-tiny-llama.json"
+"""The default model: pdsim's tiny synthetic Llama (a path inside the installed ``pdsim`` package)."""
 
 ITERATION_COLUMNS = [
     "iteration", "start_s", "duration_s", "prefill_tokens", "prefill_seqs", "decode_seqs",
@@ -127,7 +127,7 @@ class EngineConfig:
 def load_model_config(path: str | Path | None) -> dict[str, Any]:
     """A HF config.json as a dict (None: the packaged tiny Llama). Raises ConfigError."""
     if path is None:
-        return json.loads((resources.files("pdsim") / "data/model_configs/pdsim-tiny-llama.json").read_text())
+        return json.loads((resources.files("pdsim") / DEFAULT_MODEL_CONFIG).read_text())
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"model config {p}: file not found")

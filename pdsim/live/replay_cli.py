@@ -13,31 +13,28 @@ from typing import Annotated, Optional
 import typer
 
 from pdsim.errors import ConfigError, PdsimError
-
-
-def _ms(v: float) -> str:
-    return "-" if v != v else f"{v * 1e3:.1f}"
+from pdsim.live import options as opts
 
 
 def replay_command(
     endpoint: Annotated[str, typer.Option("--endpoint", help="Base URL of the OpenAI API, e.g. http://127.0.0.1:8000/v1.")],
     model: Annotated[str, typer.Option("--model", help="Model name sent in every request.")],
-    trace: Annotated[Path, typer.Option("--trace", help="Request trace (azure / csv / mooncake / jsonl; see pdsim.workload.load_trace).")],
-    trace_format: Annotated[str, typer.Option("--trace-format", help="Trace format (auto, azure, mooncake, csv, jsonl).")] = "auto",
-    rate_scale: Annotated[float, typer.Option("--rate-scale", help="Request-rate multiplier: arrival times are divided by it.")] = 1.0,
-    max_requests: Annotated[Optional[int], typer.Option("--max-requests", help="Replay at most this many requests.")] = None,
-    window_start_s: Annotated[float, typer.Option("--window-start-s", help="Start of the replayed window on the trace's time axis (s).")] = 0.0,
-    window_duration_s: Annotated[Optional[float], typer.Option("--window-duration-s", help="Length of the window in trace seconds.")] = None,
-    max_prompt_tokens: Annotated[Optional[int], typer.Option("--max-prompt-tokens", help="Cap every prompt at this many tokens.")] = None,
-    max_output_tokens: Annotated[Optional[int], typer.Option("--max-output-tokens", help="Cap every output at this many tokens.")] = None,
+    trace: opts.Trace,
+    trace_format: opts.TraceFormat = "auto",
+    rate_scale: opts.RateScale = 1.0,
+    max_requests: opts.MaxRequests = None,
+    window_start_s: opts.WindowStartS = 0.0,
+    window_duration_s: opts.WindowDurationS = None,
+    max_prompt_tokens: opts.MaxPromptTokens = None,
+    max_output_tokens: opts.MaxOutputTokens = None,
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", help="Most requests in flight (default: unlimited).")] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="Per-request time limit (s), from sending to the last token.")] = 600.0,
     prompt_mode: Annotated[str, typer.Option("--prompt-mode", help="ids: a list of prompt_tokens token ids (exact); text: prompt_tokens words 'a' (approximate).")] = "ids",
     prompt_vocab: Annotated[int, typer.Option("--prompt-vocab", help="Prompt token ids are drawn from [0, this).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the prompt token ids.")] = 0,
-    ttft_slo_s: Annotated[float, typer.Option("--ttft-slo-s", help="TTFT target (s) for SLO attainment.")] = 1.0,
-    tpot_slo_s: Annotated[float, typer.Option("--tpot-slo-s", help="TPOT target (s) for SLO attainment.")] = 0.1,
-    slo_percentile: Annotated[float, typer.Option("--slo-percentile", help="Percentile judged against the SLOs.")] = 90.0,
+    ttft_slo_s: opts.TtftSloS = 1.0,
+    tpot_slo_s: opts.TpotSloS = 0.1,
+    slo_percentile: opts.SloPercentile = 90.0,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default results/replay-<trace>-<timestamp>).")] = None,
 ) -> None:
     """Replay a trace against an OpenAI-compatible /v1/completions endpoint (streaming) and record TTFT
@@ -46,11 +43,9 @@ def replay_command(
     try:
         _replay(**locals())
     except PdsimError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        opts.fail(str(exc))
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130)
+        opts.fail("interrupted", 130)
 
 
 def _replay(*, endpoint, model, trace, trace_format, rate_scale, max_requests, window_start_s, window_duration_s,
@@ -114,9 +109,5 @@ def _replay(*, endpoint, model, trace, trace_format, rate_scale, max_requests, w
             typer.echo(f"  {k} x {msg}")
         if len(counts) > 5:
             typer.echo(f"  ... {len(counts) - 5} more distinct errors (requests.csv, column error)")
-    typer.echo(f"TTFT p50/p90 ms: {_ms(s['ttft_p50_s'])}/{_ms(s['ttft_p90_s'])}   "
-               f"TPOT p50/p90 ms: {_ms(s['tpot_p50_s'])}/{_ms(s['tpot_p90_s'])}   "
-               f"SLO attainment {s['slo_attainment'] * 100:.1f}%   "
-               + ("-" if s['output_tokens_per_s'] != s['output_tokens_per_s'] else f"{s['output_tokens_per_s']:.0f}")
-               + " tok/s")
+    typer.echo(opts.latency_line(s))
     typer.echo(f"run directory: {run_dir}")

@@ -25,12 +25,12 @@ import time
 import uuid
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from pdsim.errors import ConfigError, PdsimError
+from pdsim.live import options as opts
 
 _DONE = object()
 
@@ -291,15 +291,15 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="TCP port (0: any free port).")] = 8000,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a non-loopback --host (no authentication!).")] = False,
     model_name: Annotated[str, typer.Option("--served-model-name", help="Model name of /v1/models and requests.")] = "pdsim-tiny",
-    model_config: Annotated[Optional[Path], typer.Option("--model-config", help="HF config.json of a Llama-architecture model (default: pdsim's tiny Llama).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
-    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:N.")] = "cpu",
+    model_config: opts.ModelConfig = None,
+    dtype: opts.Dtype = "fp32",
+    device: opts.Device = "cpu",
     seed: Annotated[int, typer.Option(help="Seed of the weights.")] = 0,
-    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="Token budget of one iteration.")] = 8192,
-    max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", help="Most requests in one iteration.")] = 256,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")] = 16,
+    max_num_batched_tokens: opts.MaxNumBatchedTokens = 8192,
+    max_num_seqs: opts.MaxNumSeqs = 256,
+    block_size: opts.BlockSize = 16,
     kv_capacity_tokens: Annotated[int, typer.Option("--kv-capacity-tokens", help="KV capacity in tokens (rounded down to whole blocks).")] = 32768,
-    watermark_fraction: Annotated[float, typer.Option("--watermark-fraction", help="Fraction of KV blocks kept free when admitting prefills.")] = 0.01,
+    watermark_fraction: opts.WatermarkFraction = 0.01,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads (default: torch's default).")] = None,
 ) -> None:
     """Serve the reference engine behind an OpenAI-compatible /v1/completions endpoint (streaming SSE)."""
@@ -324,8 +324,7 @@ def serve_command(
             watermark_fraction=watermark_fraction))
         httpd, loop = make_server(engine, host, port, model_name=model_name, allow_remote=allow_remote)
     except PdsimError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2)
+        opts.fail(str(exc))
     h, p = httpd.server_address[:2]
     typer.echo(f"serving {model_name} on http://{h}:{p}/v1 (KV {engine.config.kv_capacity_tokens} tokens, "
                f"{torch.get_num_threads()} threads); Ctrl-C stops")

@@ -27,14 +27,10 @@ import pandas as pd
 import typer
 
 from pdsim.errors import ConfigError, PdsimError
+from pdsim.live import options as opts
 
 PERCENTILES = (50, 90, 99)
 METRICS = (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"))
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 # -- inputs ----------------------------------------------------------------------------------------------
@@ -495,14 +491,14 @@ def validate_command(
     profile) and compare TTFT, TPOT, ITL and E2E percentiles; writes comparison.csv, report.md, plots.
     With EXPERIMENT.yaml, first run the live side as the file says (pdsim.live.validate_experiment)."""
     if (experiment is None) == (live_run is None):
-        _fail("give a validation experiment YAML or --live-run DIR (one of them)")
+        opts.fail("give a validation experiment YAML or --live-run DIR (one of them)")
     if experiment is not None:
         from pdsim.live.validate_experiment import run_validation_experiment
 
         try:
             cmp, where = run_validation_experiment(experiment, out, echo=typer.echo)
         except PdsimError as exc:
-            _fail(str(exc))
+            opts.fail(str(exc))
         typer.echo(format_table(cmp))
         typer.echo(f"output directory: {where} (live run: {where / 'live'}, report: {where / 'validate' / 'report.md'})")
         return
@@ -513,6 +509,6 @@ def validate_command(
             "watermark_fraction": watermark_fraction, "threads": threads,
             **_overhead_option(iteration_overhead_s, overhead_file)})
     except PdsimError as exc:
-        _fail(str(exc))
+        opts.fail(str(exc))
     typer.echo(format_table(cmp))
     typer.echo(f"output directory: {out or live_run / 'validate'}")

@@ -150,7 +150,7 @@ def run_validation_experiment(path: Path, out: Path | None = None, echo=print):
         echo(f"profiling this CPU ({exp.profile.measure}, {threads or 'default'} threads) into {prof_dir}")
         run_profile(ProfileRequest(device="cpu", out=prof_dir, mode=exp.profile.measure,
                                    models=(str(model_config),) if model_config else None, threads=threads,
-                                   notes=(f"measured by pdsim validate {path}",)), log=lambda line: None)
+                                   notes=(f"measured by pdsim validate {path}",)))
         profile_name = str(prof_dir)
     overrides = {}
     if exp.iteration_overhead.measure:
