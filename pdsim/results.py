@@ -57,14 +57,15 @@ def input_files(exp: LoadedExperiment, result: RunResult) -> dict[str, str]:
         lengths = getattr(spec, "lengths", None)
         if isinstance(lengths, TraceLengths):
             paths.add(exp.resolve(lengths.path))
-    for plan in result.plans:
-        for source in [s for pool in plan.pools for s in (pool.latency_source, *(st.latency_source for st in pool.stages))]:
-            if source[0] == "splitwise_table":
-                paths.add(Path(source[1]))
-            elif source[0] == "op_level":
-                for prof_dir in source[1]:
-                    paths.add(Path(prof_dir) / "profile.yaml")
-                    paths.update(Path(prof_dir) / f"{t}.parquet" for t in _profile_tables(prof_dir))
+    sources = [s for plan in result.plans for pool in plan.pools
+               for s in (pool.latency_source, *(st.latency_source for st in pool.stages))]
+    for source in sources:
+        if source[0] == "splitwise_table":
+            paths.add(Path(source[1]))
+        elif source[0] == "op_level":
+            for prof_dir in source[1]:
+                paths.add(Path(prof_dir) / "profile.yaml")
+                paths.update(Path(prof_dir) / f"{t}.parquet" for t in _profile_tables(prof_dir))
     return {str(p): sha256_file(p) for p in sorted(paths)}
 
 

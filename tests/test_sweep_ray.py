@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray")
 
 from pdsim.cli import app  # noqa: E402
-from pdsim.sweep.cli import plan_sweep, run_sweep  # noqa: E402
+from pdsim.sweep.cli import plan_grid, run_sweep  # noqa: E402
 from pdsim.sweep.core import PointStore  # noqa: E402
 from pdsim.sweep.ray_executor import run_on_ray, run_point_in  # noqa: E402
 
@@ -58,7 +58,7 @@ def test_ray_matches_local_and_rerun_skips(tmp_path):
 
 def test_crashed_worker_is_a_failed_point_retried_next_run(tmp_path, local_ray):
     out = tmp_path / "sw"
-    _, points = plan_sweep(TINY, GRID, SMALL, None)
+    points = plan_grid(TINY, GRID, SMALL, None).points
     store = PointStore(out)
     store.prepare()
     victim = points[1].hash

@@ -25,9 +25,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 __all__ = [
+    "DERIVED_MARK",
     "PALETTE",
     "WORKLOAD_MARKERS",
     "deployment_colors",
+    "derived_deployments",
     "ecdf",
     "latency_cdf",
     "cost_vs_goodput",
@@ -43,6 +45,8 @@ PALETTE: tuple[str, ...] = (
     "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
 )  # fmt: skip
 WORKLOAD_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+# Appended to the name of a deployment whose latency comes from a derived (datasheet roofline) profile.
+DERIVED_MARK = "(derived)"
 
 # metric column -> (axis label, factor from seconds to the displayed unit, unit)
 _METRICS: dict[str, tuple[str, float, str]] = {
@@ -51,6 +55,15 @@ _METRICS: dict[str, tuple[str, float, str]] = {
     "e2e_s": ("E2E latency", 1.0, "s"),
 }
 _CDF_KEEP_QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.99, 0.999)
+
+
+def derived_deployments(table: pd.DataFrame) -> set[str]:
+    """Deployments of ``table`` whose ``latency_sources`` column mentions a derived profile (none without
+    the column)."""
+    if "latency_sources" not in table.columns:
+        return set()
+    derived = table["latency_sources"].fillna("").astype(str).str.contains("derived")
+    return set(table.loc[derived, "deployment"].astype(str))
 
 
 def deployment_colors(deployments: Iterable[str]) -> dict[str, str]:

@@ -28,8 +28,10 @@ from matplotlib.figure import Figure
 
 from pdsim.errors import PdsimError
 from pdsim.plots.figures import (
+    DERIVED_MARK,
     cost_vs_goodput,
     deployment_colors,
+    derived_deployments,
     latency_cdf,
     slo_attainment_bars,
     throughput_cost_bars,
@@ -171,8 +173,7 @@ def load_run_dir(run_dir: Path) -> RunData:
     # in every plot and table rendered from the run.
     if "latency_sources" not in summary.columns:  # run directories written before the column existed
         summary["latency_sources"] = ""
-    sources = summary["latency_sources"].fillna("").astype(str)
-    derived = sorted(set(summary.loc[sources.str.contains("derived"), "deployment"]))
+    derived = sorted(derived_deployments(summary))
     if derived:
         relabel = {d: f"{d} {DERIVED_MARK}" for d in derived}
         summary["deployment"] = summary["deployment"].replace(relabel)
@@ -219,9 +220,6 @@ def _workload_slugs(workloads: list[str]) -> dict[str, str]:
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=PLOT_DPI)
     return path
-
-
-DERIVED_MARK = "(derived)"
 
 
 def render_run_dir(run_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from pdsim.plots.figures import _check_columns, _new_figure, deployment_colors
+from pdsim.plots.figures import DERIVED_MARK, _check_columns, _new_figure, deployment_colors
 from pdsim.search.allocate import pareto_mask
 
 __all__ = ["attainment_vs_rate", "cost_goodput_pareto"]
@@ -50,7 +50,7 @@ def attainment_vs_rate(probes: pd.DataFrame, *, target: float, highlight: str | 
         passed = g["passed"].to_numpy(bool)
         lw = 2.6 if name == highlight else 1.2
         derived = "latency_sources" in g and g["latency_sources"].astype(str).str.contains("derived").any()
-        label = name + (" (derived)" if derived else "") + (" (chosen)" if name == highlight else "")
+        label = name + (f" {DERIVED_MARK}" if derived else "") + (" (chosen)" if name == highlight else "")
         ax.plot(x, y, color=colors[name], linewidth=lw, label=label)
         ax.scatter(x[passed], y[passed], color=colors[name], s=22, zorder=3)
         ax.scatter(x[~passed], y[~passed], facecolors="white", edgecolors=colors[name], s=22, zorder=3)

@@ -37,8 +37,10 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from pdsim.errors import PdsimError
 from pdsim.plots.figures import (
     _check_columns,
+    DERIVED_MARK,
     _new_figure,
     deployment_colors,
+    derived_deployments,
     workload_markers,
 )
 
@@ -62,7 +64,6 @@ SWEEP_METRICS: dict[str, tuple[str, float, str]] = {
 }
 MAX_OTHER_COMBOS = 4  # lines per deployment x workload before the figure falls back to one slice
 _LINESTYLES = ("-", "--", ":", "-.")
-_DERIVED = "(derived)"
 
 
 def grid_columns(table: pd.DataFrame) -> list[str]:
@@ -89,10 +90,9 @@ def _labelled(table: pd.DataFrame) -> pd.DataFrame:
     table = table.copy()
     table["deployment"] = table["deployment"].astype(str)
     table["workload"] = table["workload"].astype(str)
-    if "latency_sources" in table.columns:
-        derived = table["latency_sources"].fillna("").astype(str).str.contains("derived")
-        names = set(table.loc[derived, "deployment"])
-        table["deployment"] = table["deployment"].map(lambda d: f"{d} {_DERIVED}" if d in names else d)
+    names = derived_deployments(table)
+    if names:
+        table["deployment"] = table["deployment"].map(lambda d: f"{d} {DERIVED_MARK}" if d in names else d)
     return table
 
 

@@ -138,8 +138,7 @@ def _decode(lat: LatencyModel, w: WorkloadStats, sched, capacity_tokens: int, tp
     return floor_s, b / (t(b) * max(1.0, w.output_mean)), b
 
 
-def _colocated(lat: LatencyModel, w: WorkloadStats, sched, capacity_tokens: int, tpot_s: float, t_p: float,
-               b_max: int) -> float:
+def _colocated(lat: LatencyModel, w: WorkloadStats, tpot_s: float, t_p: float, b_max: int) -> float:
     """``max_B min(1 / (t_p + O t_dec(B) / B), (1 - t_dec(B) / tpot_s) / t_p)`` (module docstring)."""
     ctx = max(1.0, w.prompt_mean + w.output_mean / 2.0)
     out = max(1.0, w.output_mean)
@@ -186,7 +185,7 @@ def instance_capacity(
         if tpot_floor > slo.tpot_s:
             reasons.append(f"tpot_floor {tpot_floor:.3g}s > slo {slo.tpot_s:g}s")
     if role == "colocated":
-        rate = _colocated(lat, w, sched, capacity_tokens, slo.tpot_s, 1.0 / pre, n_dec)
+        rate = _colocated(lat, w, slo.tpot_s, 1.0 / pre, n_dec)
     elif role == "prefill":
         egress = kv_egress_bytes_per_s / (max(1.0, w.prompt_mean) * kv_bytes_per_token) if kv_bytes_per_token else math.inf
         rate = min(pre, egress)

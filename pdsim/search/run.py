@@ -36,19 +36,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
 from pdsim import __version__
-from pdsim.config.load import LoadedExperiment, load_experiment_file
-from pdsim.config.schema import (
-    Experiment,
-    PoolConfig,
-)
+from pdsim.config.load import LoadedExperiment, format_validation_error, load_experiment_file
+from pdsim.config.schema import Experiment, PoolConfig
 from pdsim.config.workload import TraceWorkload
 from pdsim.errors import CapacityError, ConfigError, ProfileError
 from pdsim.hardware.links import LINK_DEFAULTS
@@ -99,8 +97,16 @@ class TypeInfo:
     reason: str
     latency_sources: str = ""
 
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpu} tp{self.tp} pp{self.pp}"
+
     def as_instance_type(self) -> InstanceType:
-        return InstanceType(self.key, self.role, self.gpu, self.tp * self.pp, self.usd_per_hour,
+        return InstanceType(self.key, self.role, self.gpu, self.gpus, self.usd_per_hour,
                             self.cap.rate_rps if self.cap else float("nan"))
 
 
@@ -237,10 +243,6 @@ class _Builder:
 
 
 def _loaded_experiment(data: dict, path: Path) -> LoadedExperiment:
-    from pydantic import ValidationError
-
-    from pdsim.config.load import format_validation_error
-
     try:
         return LoadedExperiment(config=Experiment.model_validate(data), path=path, base_dir=path.parent)
     except ValidationError as err:
@@ -277,45 +279,34 @@ def _instance_types(loaded: LoadedSearch, stats: WorkloadStats, smart: bool) -> 
         if math.isnan(price):
             raise ConfigError(f"{loaded.path}: search.inventory[{idx}].price_usd_per_gpu_hour: the catalog has no price "
                               f"for {gpu.name}; set one")
-        for tp in sp.tp:
-            for pp in sp.pp:
-                n_gpus = tp * pp
-                usd = n_gpus * float(price)
-                for role in roles:
-                    key = f"{gpu.name}/tp{tp}/pp{pp}/{role}"
-
-                    fixed = {"key": key, "role": role, "gpu": gpu.name, "tp": tp, "pp": pp, "usd_per_hour": usd,
-                             "inventory_index": idx}
-
-                    def info(status, reason, plan=None, cap=None, fixed=fixed):
-                        return TypeInfo(**fixed, kv_capacity_tokens=None if plan is None else plan.capacity_tokens,
-                                        cap=cap, status=status, reason=reason,
-                                        latency_sources="" if plan is None else "+".join(plan.latency_source_kinds))
-
-                    if n_gpus > item.count:
-                        out.append(info("pruned", f"inventory: needs {n_gpus} GPUs, {item.count} available"))
-                        continue
-                    if sp.budget_usd_per_hour is not None and usd > sp.budget_usd_per_hour:
-                        out.append(info("pruned", f"budget: one instance costs {usd:.2f} $/h > {sp.budget_usd_per_hour:g}"))
-                        continue
-                    pool_dict = builder.pool(TypeInfo(key, role, gpu.name, tp, pp, usd, idx, None, None, "", ""), 1, loaded.base_dir)
-                    lat = pool_dict["latency"]
-                    pool_dict["latency"] = cfg.latency_models[lat] if isinstance(lat, str) else item.latency
-                    where = f"search.inventory[{idx}]({gpu.name} tp={tp} pp={pp} {role})"
-                    try:
-                        plan = plan_pool(base, PoolConfig.model_validate(pool_dict), role, model, where)
-                    except CapacityError as exc:
-                        out.append(info("pruned", f"memory: {str(exc).split(': ', 2)[-1]}"))
-                        continue
-                    except ProfileError as exc:
-                        out.append(info("pruned", f"profile: {exc}"))
-                        continue
-                    cap = instance_capacity(role, plan.build_latency(), stats, plan.scheduler, plan.capacity_tokens,
-                                            cfg.slo, link_bytes_per_s, kv_bytes)
-                    if smart and cap.pruned:
-                        out.append(info("pruned", f"slo: {cap.pruned}", plan, cap))
-                    else:
-                        out.append(info("estimated", cap.pruned, plan, cap))
+        latency = cfg.latency_models[item.latency] if isinstance(item.latency, str) else item.latency
+        for tp, pp, role in itertools.product(sp.tp, sp.pp, roles):
+            t = TypeInfo(f"{gpu.name}/tp{tp}/pp{pp}/{role}", role, gpu.name, tp, pp, tp * pp * float(price), idx,
+                         kv_capacity_tokens=None, cap=None, status="pruned", reason="")
+            if t.gpus > item.count:
+                out.append(replace(t, reason=f"inventory: needs {t.gpus} GPUs, {item.count} available"))
+                continue
+            if sp.budget_usd_per_hour is not None and t.usd_per_hour > sp.budget_usd_per_hour:
+                out.append(replace(t, reason=f"budget: one instance costs {t.usd_per_hour:.2f} $/h > "
+                                             f"{sp.budget_usd_per_hour:g}"))
+                continue
+            pool_dict = dict(builder.pool(t, 1, loaded.base_dir), latency=latency)
+            where = f"search.inventory[{idx}]({gpu.name} tp={tp} pp={pp} {role})"
+            try:
+                plan = plan_pool(base, PoolConfig.model_validate(pool_dict), role, model, where)
+            except CapacityError as exc:
+                out.append(replace(t, reason=f"memory: {str(exc).split(': ', 2)[-1]}"))
+                continue
+            except ProfileError as exc:
+                out.append(replace(t, reason=f"profile: {exc}"))
+                continue
+            cap = instance_capacity(role, plan.build_latency(), stats, plan.scheduler, plan.capacity_tokens,
+                                    cfg.slo, link_bytes_per_s, kv_bytes)
+            pruned = smart and bool(cap.pruned)
+            out.append(replace(t, kv_capacity_tokens=plan.capacity_tokens, cap=cap,
+                               status="pruned" if pruned else "estimated",
+                               reason=f"slo: {cap.pruned}" if pruned else cap.pruned,
+                               latency_sources="+".join(plan.latency_source_kinds)))
     return out
 
 
@@ -334,12 +325,6 @@ class _Probe:
     hash: str
 
 
-def _run_point_job(args):
-    from pdsim.sweep.cli import run_point
-
-    return run_point(*args)
-
-
 class _Executor:
     """Runs probes not yet stored, on the ``pdsim sweep`` point runner: in this process (``jobs == 1``),
     in a pool of worker processes kept for the whole search (each keeps its parsed profiles), or on Ray
@@ -349,22 +334,15 @@ class _Executor:
         self.store, self.jobs, self.executor, self.address = store, jobs, executor, address
         self.jobs_n = jobs if jobs > 0 else (os.cpu_count() or 1)
         self._pool = None
+        self._ray = None
 
     def __enter__(self):
         # Ray: start (or join) it once for the whole search, not once per round; run_on_ray then uses it.
-        self._ray = None
         if self.executor == "ray":
-            import logging
-
-            from pdsim.sweep.ray_executor import import_ray
+            from pdsim.sweep.ray_executor import import_ray, init_ray
 
             ray = import_ray()
-            if not ray.is_initialized():
-                quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
-                if self.address:
-                    ray.init(address=self.address, **quiet)
-                else:
-                    ray.init(address="local", num_cpus=self.jobs_n, include_dashboard=False, **quiet)
+            if init_ray(ray, self.address, self.jobs):
                 self._ray = ray
         return self
 
@@ -407,7 +385,7 @@ class _Executor:
 
                 ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
                 self._pool = ProcessPoolExecutor(max_workers=self.jobs_n, mp_context=ctx)
-            results = list(self._pool.map(_run_point_job, args))
+            results = list(self._pool.map(run_point, *zip(*args)))
         for h, err in results:
             if err is not None:
                 errors[h] = err
@@ -478,21 +456,15 @@ def run_search(
         ConfigError: bad search file, option or override (before anything is simulated).
     """
     from pdsim.sim.runner import workload_seed
+    from pdsim.sweep.cli import check_executor
     from pdsim.workload.build import build_workload
 
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"--executor {executor!r}: expected local or ray")
-    if executor == "ray":
-        from pdsim.sweep.ray_executor import import_ray
-
-        import_ray()
-    if address and executor != "ray":
-        raise ConfigError("--address needs --executor ray")
+    check_executor(executor, address)
     loaded = load_search_file(path, sets)
     if seed is not None:
-        loaded = LoadedSearch(loaded.config.model_copy(update={"seed": seed}), loaded.raw, loaded.path)
+        loaded = replace(loaded, config=loaded.config.model_copy(update={"seed": seed}))
     cfg = loaded.config
     sp = cfg.search
     smart = sp.strategy == "smart"
@@ -554,6 +526,7 @@ def run_search(
     store = PointStore(out)
     store.prepare()
     native = stats.native_rate_rps
+    pool = _Executor(store, jobs, executor, address)
     written: dict[str, str] = {}
 
     def exp_file(c: Candidate) -> str:
@@ -640,7 +613,6 @@ def run_search(
 
         return rounds, target_checks
 
-    pool = _Executor(store, jobs, executor, address)
     with pool:
         rounds, target_checks = _simulate_all()
 
@@ -666,7 +638,7 @@ def run_search(
     wall = time.perf_counter() - t0
 
     # -- outputs -------------------------------------------------------------------------------------
-    cand_df = _candidates_frame(infos, estimated, finalists, target_checks, types, best)
+    cand_df = _candidates_frame(infos, estimated, types, best)
     probes_df = pd.DataFrame([r for c in estimated.values() for r in c.probe_rows],
                              columns=["candidate", "rate_rps", "passed", "slo_attainment", "ttft_p90_s", "tpot_p90_s",
                                       "ttft_p99_s", "tpot_p99_s", "requests", "rejected", "latency_sources", "point"])
@@ -691,9 +663,8 @@ def _best_record(c: Candidate, types: dict[str, TypeInfo]) -> dict:
         t = types[k]
         pools.append({"role": t.role, "gpu": t.gpu, "tp": t.tp, "pp": t.pp, "instances": n,
                       "latency_sources": t.latency_sources})
-    gpus = sum(types[k].tp * types[k].pp * n for k, n in c.alloc.counts)
     return {
-        "deployment": c.name, "kind": c.alloc.kind, "pools": pools, "gpus": gpus,
+        "deployment": c.name, "kind": c.alloc.kind, "pools": pools, "gpus": _gpus(c, types),
         "usd_per_hour": c.alloc.usd_per_hour, "analytic_capacity_rps": c.alloc.capacity_rps,
         "goodput_rps": c.goodput_rps if c.bisection else None,
         "goodput_status": c.bisection.status if c.bisection else None,
@@ -702,13 +673,17 @@ def _best_record(c: Candidate, types: dict[str, TypeInfo]) -> dict:
     }
 
 
-def _candidates_frame(infos, estimated, finalists, target_checks, types, best) -> pd.DataFrame:
+def _gpus(c: Candidate, types: dict[str, TypeInfo]) -> int:
+    return sum(types[k].gpus * n for k, n in c.alloc.counts)
+
+
+def _candidates_frame(infos, estimated, types, best) -> pd.DataFrame:
     rows = []
     for t in infos:
         cap = t.cap
         rows.append({
-            "level": "instance_type", "candidate": t.key, "kind": "", "role": t.role, "pools": f"{t.gpu} tp{t.tp} pp{t.pp}",
-            "gpus": t.tp * t.pp, "usd_per_hour": t.usd_per_hour, "status": t.status, "reason": t.reason,
+            "level": "instance_type", "candidate": t.key, "kind": "", "role": t.role, "pools": t.label,
+            "gpus": t.gpus, "usd_per_hour": t.usd_per_hour, "status": t.status, "reason": t.reason,
             "kv_capacity_tokens": t.kv_capacity_tokens,
             "ttft_floor_s": cap.ttft_floor_s if cap else None, "tpot_floor_s": cap.tpot_floor_s if cap else None,
             "prefill_rps": cap.prefill_rps if cap else None, "decode_rps": cap.decode_rps if cap else None,
@@ -718,7 +693,7 @@ def _candidates_frame(infos, estimated, finalists, target_checks, types, best) -
     for k, c in best.items():
         chosen.setdefault(c.name, []).append(k)
     for c in sorted(estimated.values(), key=lambda c: (c.alloc.kind, -c.alloc.ratio, c.alloc.usd_per_hour, c.name)):
-        gpus = sum(types[k].tp * types[k].pp * n for k, n in c.alloc.counts)
+        gpus = _gpus(c, types)
         sim = c.simulated
         srcs = sorted({types[k].latency_sources for k, _ in c.alloc.counts})
         status = "failed" if c.error else ("simulated" if sim else "estimated")
@@ -726,7 +701,7 @@ def _candidates_frame(infos, estimated, finalists, target_checks, types, best) -
         rows.append({
             "level": "deployment", "candidate": c.name, "kind": c.alloc.kind,
             "role": "+".join(types[k].role for k, _ in c.alloc.counts),
-            "pools": " + ".join(f"{n} x {types[k].gpu} tp{types[k].tp} pp{types[k].pp} ({types[k].role})" for k, n in c.alloc.counts),
+            "pools": " + ".join(f"{n} x {types[k].label} ({types[k].role})" for k, n in c.alloc.counts),
             "gpus": gpus, "usd_per_hour": c.alloc.usd_per_hour, "status": status, "reason": c.error,
             "source": c.source, "analytic_capacity_rps": c.alloc.capacity_rps,
             "analytic_rps_per_usd_per_hour": c.alloc.ratio,
@@ -751,10 +726,10 @@ def _candidates_frame(infos, estimated, finalists, target_checks, types, best) -
     return pd.DataFrame(rows, columns=cols)
 
 
-def _goodput_point(c: Candidate) -> str | None:
-    """The stored probe at the highest rate that met the attainment target (None if none did)."""
+def _goodput_probe(c: Candidate) -> dict | None:
+    """The probe row at the highest rate that met the attainment target (None if none did)."""
     passed = [r for r in c.probe_rows if r["passed"]]
-    return max(passed, key=lambda r: r["rate_rps"])["point"] if passed else None
+    return max(passed, key=lambda r: r["rate_rps"]) if passed else None
 
 
 def _write_outputs(out: Path, loaded: LoadedSearch, builder: _Builder, cand_df, probes_df, best, counts, wall, native,
@@ -772,12 +747,8 @@ def _write_outputs(out: Path, loaded: LoadedSearch, builder: _Builder, cand_df, 
         return p
 
     cfg = loaded.config
-    cand_df.to_csv(out / "candidates.csv.tmp", index=False)
-    os.replace(out / "candidates.csv.tmp", out / "candidates.csv")
-    files.append(out / "candidates.csv")
-    probes_df.to_csv(out / "probes.csv.tmp", index=False)
-    os.replace(out / "probes.csv.tmp", out / "probes.csv")
-    files.append(out / "probes.csv")
+    write("candidates.csv", cand_df.to_csv(index=False))
+    write("probes.csv", probes_df.to_csv(index=False))
     resolved = cfg.model_dump(mode="json")
     write("config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
@@ -829,7 +800,7 @@ def _write_outputs(out: Path, loaded: LoadedSearch, builder: _Builder, cand_df, 
 
 
 def _render_plots(out: Path, cfg: SearchConfig, cand_df, probes_df, best, store: PointStore) -> list[Path]:
-    from pdsim.plots.figures import latency_cdf
+    from pdsim.plots.figures import DERIVED_MARK, latency_cdf
     from pdsim.plots.render import PLOT_DPI
     from pdsim.plots.search import attainment_vs_rate, cost_goodput_pareto
 
@@ -849,15 +820,15 @@ def _render_plots(out: Path, cfg: SearchConfig, cand_df, probes_df, best, store:
     save(cost_goodput_pareto(cand_df[cand_df["level"] == "deployment"], highlight=chosen.name if chosen else None),
          "cost_vs_goodput_pareto.png")
     for key, c in best.items():
-        h = _goodput_point(c)
-        if h is None:
+        top = _goodput_probe(c)
+        if top is None:
             continue
-        req = pd.read_parquet(store.point_dir(h) / "requests.parquet")
+        req = pd.read_parquet(store.point_dir(top["point"]) / "requests.parquet")
         if any("derived" in str(r["latency_sources"]) for r in c.probe_rows):
-            req = req.assign(deployment=req["deployment"].astype(str) + " (derived)")
+            req = req.assign(deployment=req["deployment"].astype(str) + f" {DERIVED_MARK}")
         for metric, slo_s in (("ttft_s", cfg.slo.ttft_s), ("tpot_s", cfg.slo.tpot_s)):
             fig = latency_cdf(req, metric, workload=WORKLOAD_NAME, slo_s=slo_s, percentile=cfg.slo.percentile)
-            rate = max(r["rate_rps"] for r in c.probe_rows if r["passed"])
-            fig.axes[0].set_title(f"{metric[:4].upper()} CDF, {key}: {c.name} at {rate:.4g} req/s", fontsize="small")
+            fig.axes[0].set_title(f"{metric[:4].upper()} CDF, {key}: {c.name} at {top['rate_rps']:.4g} req/s",
+                                  fontsize="small")
             save(fig, f"{key}_{metric[:4]}_cdf.png")
     return paths

@@ -147,12 +147,6 @@ def plan_grid(experiment: Path, grid: list[str], sets: list[str], seed: int | No
     return SweepPlan(axes, points, [a.key for a in file_axes], replaced)
 
 
-def plan_sweep(experiment: Path, grid: list[str], sets: list[str], seed: int | None) -> tuple[list, list[SweepPoint]]:
-    """``(axes, points)`` of :func:`plan_grid` (the experiment's ``sweep:`` block merged with ``--grid``)."""
-    plan = plan_grid(experiment, grid, sets, seed)
-    return plan.axes, plan.points
-
-
 def run_point(experiment: str, overrides: list[str], seed: int, out: str, h: str, values: dict) -> tuple[str, str | None]:
     """Simulate one point and store it as ``OUT/points/<h>``; returns ``(h, error message or None)``.
 
@@ -183,6 +177,22 @@ def run_point(experiment: str, overrides: list[str], seed: int, out: str, h: str
         shutil.rmtree(tmp, ignore_errors=True)
     store.record_failure(h, msg)
     return h, msg
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    """Validate ``--executor`` / ``--address`` (and that ray imports, for ``ray``) before anything is created.
+
+    Raises:
+        ConfigError: an unknown executor, ``--address`` without ``--executor ray``, or ray not installed.
+    """
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: expected local or ray")
+    if address and executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if executor == "ray":
+        from pdsim.sweep.ray_executor import import_ray
+
+        import_ray()  # a missing ray is bad input: exit 2
 
 
 def _run_point_job(args):
@@ -245,14 +255,7 @@ def run_sweep(
         ConfigError: bad input, before anything runs.
     """
     experiment = Path(experiment)
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"--executor {executor!r}: expected local or ray")
-    if address and executor != "ray":
-        raise ConfigError("--address needs --executor ray")
-    if executor == "ray":
-        from pdsim.sweep.ray_executor import import_ray
-
-        import_ray()  # a missing ray is bad input: exit 2 before anything is created
+    check_executor(executor, address)
     plan = plan_grid(experiment, grid, sets or [], seed)
     axes, points = plan.axes, plan.points
     store = PointStore(Path(out))
@@ -400,4 +403,4 @@ def sweep_command(
         raise typer.Exit(1)
 
 
-__all__ = ["SweepPlan", "SweepPoint", "SweepReport", "plan_grid", "plan_sweep", "run_point", "run_sweep", "sweep_command", "write_sweep_csv"]
+__all__ = ["SweepPlan", "SweepPoint", "SweepReport", "plan_grid", "run_point", "run_sweep", "sweep_command", "write_sweep_csv"]

@@ -28,6 +28,21 @@ def import_ray():
     return ray
 
 
+def init_ray(ray, address: str | None, jobs: int) -> bool:
+    """Initialise ``ray`` unless it already is: join the cluster at ``address`` if given (``auto``: the one
+    in ``RAY_ADDRESS`` or from ``ray start``), else start a new local one with ``num_cpus=jobs`` (0 = all
+    cores). Returns whether it was started here (the caller then shuts it down)."""
+    if ray.is_initialized():
+        return False
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **quiet)
+    else:  # "local": always a new local Ray, never one found via RAY_ADDRESS or `ray start`
+        ray.init(address="local", num_cpus=jobs if jobs > 0 else (os.cpu_count() or 1), include_dashboard=False,
+                 **quiet)
+    return True
+
+
 def run_point_in(cwd: str, args: tuple) -> tuple[str, str | None]:
     """Run ``run_point(*args)`` from the driver's working directory (where it exists on this node), so
     relative experiment, trace and ``--out`` paths mean what they mean to the driver."""
@@ -50,23 +65,15 @@ def run_on_ray(
 ) -> None:
     """Run every point (``args[i] = run_point arguments``, hash at index 4) as a Ray task.
 
-    Joins the cluster at ``address`` if given (``auto``: the one in ``RAY_ADDRESS`` or from ``ray start``),
-    else uses an already initialised Ray, else starts a new local one with ``num_cpus=jobs`` (0 = all cores) and shuts it down at the end. ``finished(hash, error,
-    running)`` is called as each task completes (in completion order); a task Ray reports as failed is
-    first stored with ``record_failure(hash, message)``. ``progress(running)`` is called while waiting.
+    Uses an already initialised Ray, else :func:`init_ray` (``address`` or a local one with
+    ``num_cpus=jobs``) and shuts that one down at the end. ``finished(hash, error, running)`` is called as
+    each task completes (in completion order); a task Ray reports as failed is first stored with
+    ``record_failure(hash, message)``. ``progress(running)`` is called while waiting.
     """
     ray = import_ray()
     from ray.exceptions import RayError
 
-    started = False
-    if not ray.is_initialized():
-        quiet = dict(logging_level=logging.ERROR, log_to_driver=False)
-        if address:
-            ray.init(address=address, **quiet)
-        else:  # "local": always a new local Ray, never one found via RAY_ADDRESS or `ray start`
-            ray.init(address="local", num_cpus=jobs if jobs > 0 else (os.cpu_count() or 1), include_dashboard=False,
-                     **quiet)
-        started = True
+    started = init_ray(ray, address, jobs)
     refs: dict[Any, str] = {}
     try:
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
