@@ -31,13 +31,20 @@ import pandas as pd
 
 from pdsim.hardware.gpus import load_gpu_catalog
 from pdsim.latency.oplevel import OpLevelModel
-from pdsim.latency.table import EXCLUDED_ROWS, SYNTHETIC_HARDWARE, load_splitwise_table
+from pdsim.latency.table import (
+    DECODE_TOKENS_GENERATED as DECODE_TOKENS,
+    EXCLUDED_ROWS,
+    GPU_KEYS,
+    MODEL_KEYS,
+    SYNTHETIC_HARDWARE,
+    load_splitwise_table,
+)
 from pdsim.models.arch import load_model_catalog, model_from_hf_config
 from pdsim.profiles.format import find_profile
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"llama2-70b": "Llama-2-70b-hf", "bloom-176b": "bloom"}
-GPUS = {"a100-80gb": "A100-80GB-SXM", "h100-80gb": "H100-SXM"}
+MODELS = {key: name for name, key in MODEL_KEYS.items()}  # the file's keys -> catalog names
+GPUS = {key: name for name, key in GPU_KEYS.items()}
 VARIANTS = {
     "aiconfigurator": {"a100-80gb": ["a100_sxm-aiconfigurator"], "h100-80gb": ["h100_sxm-aiconfigurator"]},
     "vidur+aiconfigurator": {
@@ -45,7 +52,6 @@ VARIANTS = {
         "h100-80gb": ["h100-vidur", "h100_sxm-aiconfigurator"],
     },
 }
-DECODE_TOKENS = 128
 
 
 def measured_points(path: Path) -> pd.DataFrame:

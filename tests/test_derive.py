@@ -134,7 +134,7 @@ def test_decode_attention_reads_the_kv_cache_at_the_fitted_bandwidth(mi300x, fit
     assert t == pytest.approx(data / (5.3e12 * p["eff_mem"]) + p["c0_s"], rel=1e-6)
 
 
-def test_collectives_follow_the_link_topology(mi300x, fit, tmp_path):
+def test_collectives_follow_the_link_topology(mi300x, fit):
     p = fit.params["collective.all_reduce"]
     big = 2**28
     coll = mi300x.table("collective")
@@ -150,7 +150,7 @@ def test_collectives_follow_the_link_topology(mi300x, fit, tmp_path):
     assert d.device_facts("H100-SXM").link.bandwidth(2) == 450e9
 
 
-def test_mi250x_profile_is_one_gcd(fit, tmp_path):
+def test_mi250x_profile_is_one_gcd(fit):
     facts = d.device_facts("MI250X")
     assert facts.per_package == 2
     assert facts.memory_bytes == 64e9 and facts.bf16_flops == pytest.approx(191.5e12) and facts.mem_bw_bytes_per_s == pytest.approx(1.6384e12)

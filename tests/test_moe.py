@@ -1,8 +1,9 @@
 """Specification of mixture-of-experts models (docs/moe.md).
 
 - The aiconfigurator importer keeps the balanced bf16 / fp8 rows of ``moe_perf`` with their keys, and
-  converts milliseconds to seconds; the committed H100 ``moe`` table agrees row by row with the raw
-  upstream file (when the shared copy is present).
+  converts milliseconds to seconds; the committed H100 ``moe`` table agrees row by row with raw upstream
+  rows: a committed slice (Mixtral's key at TP 2, tests/fixtures) always, the whole upstream file when the
+  shared copy of aiconfigurator's data is present beside the clone (``../shared``).
 - The op-level model looks the fused MoE kernel up at the model's exact shape: at a measured token
   count the MoE part of an iteration is the table's row; between measured counts it is a power law
   (log-log) and so lies between, and is monotone between, the two neighbours.
@@ -43,7 +44,8 @@ from pdsim.profiles.importers.aiconfigurator import convert_moe
 from pdsim.sim.plan import plan_deployments
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW_H100_MOE = Path("/work/shared/data/profiles/aiconfigurator/data/h100_sxm/moe/vllm/0.24.0/moe_perf.parquet")
+RAW_H100_MOE = ROOT.parent / "shared/data/profiles/aiconfigurator/data/h100_sxm/moe/vllm/0.24.0/moe_perf.parquet"
+RAW_H100_MOE_SLICE = ROOT / "tests/fixtures/aiconfigurator_h100_sxm_moe_mixtral_tp2.csv"  # cut from the file above
 CATALOG = load_model_catalog()
 GPUS = load_gpu_catalog()
 MIXTRAL = model_from_hf_config("Mixtral-8x7B-v0.1", CATALOG["Mixtral-8x7B-v0.1"])
@@ -110,7 +112,20 @@ def test_committed_h100_moe_table_equals_the_raw_rows():
     assert (merged.kernel_source_x == merged.kernel_source_y).all()
 
 
-def test_moe_table_validation_rejects_unknown_distribution(tmp_path):
+def test_committed_h100_moe_table_equals_the_importers_output_of_a_raw_slice():
+    raw = pd.read_csv(RAW_H100_MOE_SLICE, comment="#")
+    out, notes = convert_moe(raw)
+    assert len(out) == 2 * 27  # bf16 and fp8, 27 token counts each; fp8_block and skewed rows dropped
+    assert any("fp8_block" in n for n in notes) and any("power_law_1.2" in n for n in notes)
+    keys = ["dtype", "distribution", "num_tokens", "hidden_size", "inter_size", "topk", "num_experts",
+            "moe_tp_size", "moe_ep_size"]
+    merged = out.merge(H100.table("moe"), on=keys, validate="one_to_one")
+    assert len(merged) == len(out)
+    assert np.array_equal(merged.latency_s_x.to_numpy(), merged.latency_s_y.to_numpy())
+    assert (merged.kernel_source_x == merged.kernel_source_y).all()
+
+
+def test_moe_table_validation_rejects_unknown_distribution():
     out, _ = convert_moe(_raw([("bfloat16", "balanced", 1, 2, 0.16)]))
     with pytest.raises(ProfileError, match="distribution"):
         validate_table("moe", out.assign(distribution="skewed"), "t")

@@ -111,7 +111,7 @@ def test_tampered_profile_is_refused(tmp_path):
     assert_user_error(r, "gemm.parquet", "sha256")
 
 
-def test_profiles_list_shows_kinds(tmp_path):
+def test_profiles_list_shows_kinds():
     r = run_cli("profiles", "list")
     assert r.exit_code == 0, r.output
     for name in ("h100_sxm-aiconfigurator", "a100-vidur"):

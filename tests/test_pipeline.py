@@ -413,7 +413,8 @@ def test_heterogeneous_pool_plans_memory_per_stage(tmp_path):
     assert pool.describe()["stages"][1]["gpu"] == "A100-80GB-SXM"
 
 
-def test_heterogeneous_pool_runs(tmp_path, in_flight_monitor):
+@pytest.mark.usefixtures("in_flight_monitor")  # checks, as the pool runs, that no request is in two batches
+def test_heterogeneous_pool_runs(tmp_path):
     plan = plan_for(tmp_path, colocated(het_pool()), model=HET_MODEL, latency_models=HET_LATENCY,
                     scheduler={"max_num_batched_tokens": 8192, "max_num_seqs": 64})
     rng = np.random.default_rng(1)

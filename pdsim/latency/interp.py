@@ -59,7 +59,7 @@ class LogCurve:
     Inside the range: exact at the points, a power law between them. Below the first point: clamped to
     the first value. Above the last point: ``y_last x (x / x_last) ** exponent_above`` (the caller
     states the physics, e.g. 2 for prefill attention over sequence length, 1 for decode attention over
-    context). Out-of-range lookups are reported by ``covers``/the caller.
+    context). Out-of-range lookups are counted by the caller (``ColumnTable.at``).
     """
 
     logx: tuple[float, ...]
@@ -69,10 +69,6 @@ class LogCurve:
     @classmethod
     def from_points(cls, xs, ys, exponent_above: float = 1.0) -> "LogCurve":
         return cls(tuple(math.log(float(v)) for v in xs), tuple(math.log(float(v)) for v in ys), exponent_above)
-
-    @property
-    def x_min(self) -> float:
-        return math.exp(self.logx[0])
 
     @property
     def x_max(self) -> float:

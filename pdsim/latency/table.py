@@ -49,6 +49,7 @@ from pdsim.core.hashing import sha256_file
 from pdsim.errors import ProfileError
 from pdsim.latency.base import BatchShape, LookupStats, split_by_layers
 from pdsim.latency.interp import Curve
+from pdsim.profiles.format import require_columns
 
 REQUIRED_COLUMNS = ("model", "hardware", "prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel")
 SYNTHETIC_HARDWARE = {"h100-80gb-pcap": "power-capped H100 rows are synthetic (H100 prefill x 1.30, decode copied)"}
@@ -78,9 +79,7 @@ def load_splitwise_table(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except Exception as exc:  # pandas raises several types for malformed CSV
         raise ProfileError(f"{path}: cannot read as CSV: {exc}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ProfileError(f"{path}: missing columns {missing}; found {list(df.columns)}")
+    require_columns(df, REQUIRED_COLUMNS, str(path))
     for col in ("prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel"):
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() | (values <= 0)

@@ -18,8 +18,9 @@ Formulas (all exact integer arithmetic, no rounding):
   optional shared experts (a gated MLP of ``shared_expert_intermediate_size``, plus a ``hidden x 1``
   sigmoid gate in Qwen2-MoE). Under TP every GPU holds ``ceil(moe_intermediate_size / TP)`` of each
   expert (vLLM's ``FusedMoE`` without expert parallelism shards the intermediate dimension). Active
-  parameters per token count ``experts_per_token`` experts. Mixtral-8x7B: 46,702,792,704 total and
-  12,879,138,816 active, as in the catalog (tests/test_moe.py).
+  parameters per token count ``experts_per_token`` experts and the whole router. Mixtral-8x7B:
+  46,702,792,704 total, as in the catalog, and 12,879,925,248 active (the catalog's 12,879,138,816 also
+  leaves out 6/8 of the router; tests/test_moe.py).
 
 The catalog ``pdsim/data/models.yaml`` is copied from the project's shared data (values from each
 model's HF config.json; sources listed per model in that file).
@@ -272,7 +273,7 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
             "of kv_lora_rank + qk_rope_head_dim per token instead of per-head K/V), which pdsim does not model "
             "yet: its KV arithmetic and attention tables are for MHA/GQA only"
         )
-    moe = _moe_fields(name, cfg, pick, where)
+    moe = _moe_fields(name, pick, where)
     layers = pick("num_layers", "num_hidden_layers", "n_layer")
     hidden = pick("hidden_size", "n_embed", "d_model")
     heads = pick("num_attention_heads", "n_head")
@@ -317,7 +318,7 @@ def model_from_hf_config(name: str, cfg: dict[str, Any], where: str = "model con
     return spec
 
 
-def _moe_fields(name: str, cfg: dict[str, Any], pick: Any, where: str) -> dict[str, Any]:
+def _moe_fields(name: str, pick: Any, where: str) -> dict[str, Any]:
     """The ``ModelSpec`` MoE fields of a config (empty for a dense model); see ``model_from_hf_config``."""
     experts = pick("num_local_experts", "num_experts", "n_routed_experts", "num_routed_experts")
     if not experts:

@@ -68,7 +68,6 @@ from pdsim.errors import ProfileError
 
 FORMAT_VERSION = 1
 META_FILE = "profile.yaml"
-SOURCE_KINDS = ("measured", "imported", "derived")
 DTYPES = ("fp32", "bf16", "fp16", "fp8")
 
 LATENCY = "latency_s"
@@ -219,10 +218,7 @@ class Profile:
             raise ProfileError(
                 f"{file}: sha256 {digest} does not match {META_FILE} ({info.sha256}); a measurement must not be edited"
             )
-        try:
-            df = pd.read_parquet(file)
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise ProfileError(f"{file}: cannot read as Parquet: {exc}") from None
+        df = read_parquet(file)
         validate_table(table, df, str(file))
         self._tables[table] = df
         return df
@@ -240,6 +236,25 @@ class Profile:
         }
 
 
+def read_parquet(path: Path) -> pd.DataFrame:
+    """Read a Parquet file.
+
+    Raises:
+        ProfileError: the file cannot be read as Parquet.
+    """
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise ProfileError(f"{path}: cannot read as Parquet: {exc}") from None
+
+
+def require_columns(df: pd.DataFrame, columns: tuple[str, ...], where: str) -> None:
+    """Raise ``ProfileError`` naming the ``columns`` that ``df`` lacks (and those it has), if any."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ProfileError(f"{where}: missing columns {missing} (has {list(df.columns)})")
+
+
 def validate_table(table: str, df: pd.DataFrame, where: str) -> None:
     """Check a table's columns and values.
 
@@ -249,9 +264,7 @@ def validate_table(table: str, df: pd.DataFrame, where: str) -> None:
             key is duplicated.
     """
     keys, str_keys = TABLES[table]
-    missing = [c for c in (*keys, LATENCY) if c not in df.columns]
-    if missing:
-        raise ProfileError(f"{where}: missing columns {missing}")
+    require_columns(df, (*keys, LATENCY), where)
     if len(df) == 0:
         raise ProfileError(f"{where}: table is empty")
     for c in keys:

@@ -75,7 +75,17 @@ import pandas as pd
 import yaml
 
 from pdsim.errors import ProfileError
-from pdsim.profiles.format import LATENCY, Profile, ProfileMeta, SoftwareInfo, SourceInfo, today, write_profile
+from pdsim.profiles.format import (
+    LATENCY,
+    Profile,
+    ProfileMeta,
+    SoftwareInfo,
+    SourceInfo,
+    read_parquet,
+    require_columns,
+    today,
+    write_profile,
+)
 from pdsim.profiles.importers import copy_license, merge_duplicates, read_commit
 
 REPOSITORY = "https://github.com/ai-dynamo/aiconfigurator"
@@ -174,13 +184,8 @@ class _Layout:
 
 
 def _read(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise ProfileError(f"{path}: cannot read as Parquet: {exc}") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ProfileError(f"{path}: missing columns {missing} (has {list(df.columns)})")
+    df = read_parquet(path)
+    require_columns(df, required, str(path))
     return df
 
 
@@ -470,29 +475,20 @@ def import_aiconfigurator(src_dir: str | Path, system: str, out_dir: str | Path,
     devices: set[str] = set()
     versions: dict[str, str] = {}
 
-    f = lay.table("gemm", BACKEND, "gemm_perf")
-    if f is not None:
-        raw = _read(f, ("device", "kernel_source", "gemm_dtype", "m", "n", "k", "latency"))
-        devices |= set(raw.device.astype(str))
-        versions["gemm"] = f"vllm {_versions(raw)}"
-        tables["gemm"], more = convert_gemm(raw, str(f))
-        notes += more
     attn_cols = ("device", "kernel_source", "batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
                  "attn_dtype", "kv_cache_dtype", "step", "latency")
-    f = lay.table("attention", BACKEND, "context_attention_perf")
-    if f is not None:
-        raw = _read(f, attn_cols)
-        devices |= set(raw.device.astype(str))
-        versions["attention_prefill"] = f"vllm {_versions(raw)}"
-        tables["attention_prefill"], more = convert_context_attention(raw, str(f))
-        notes += more
-    f = lay.table("attention", BACKEND, "generation_attention_perf")
-    if f is not None:
-        raw = _read(f, attn_cols)
-        devices |= set(raw.device.astype(str))
-        versions["attention_decode"] = f"vllm {_versions(raw)}"
-        tables["attention_decode"], more = convert_generation_attention(raw, str(f))
-        notes += more
+    for table, (op, name, cols, convert) in {
+        "gemm": ("gemm", "gemm_perf", ("device", "kernel_source", "gemm_dtype", "m", "n", "k", "latency"), convert_gemm),
+        "attention_prefill": ("attention", "context_attention_perf", attn_cols, convert_context_attention),
+        "attention_decode": ("attention", "generation_attention_perf", attn_cols, convert_generation_attention),
+    }.items():
+        f = lay.table(op, BACKEND, name)
+        if f is not None:
+            raw = _read(f, cols)
+            devices |= set(raw.device.astype(str))
+            versions[table] = f"vllm {_versions(raw)}"
+            tables[table], more = convert(raw, str(f))
+            notes += more
     comm: list[pd.DataFrame] = []
     nccl_version = None
     f = lay.table("comm", "nccl", "nccl_perf")

@@ -60,7 +60,16 @@ import numpy as np
 import pandas as pd
 
 from pdsim.errors import ProfileError
-from pdsim.profiles.format import LATENCY, Profile, ProfileMeta, SoftwareInfo, SourceInfo, today, write_profile
+from pdsim.profiles.format import (
+    LATENCY,
+    Profile,
+    ProfileMeta,
+    SoftwareInfo,
+    SourceInfo,
+    require_columns,
+    today,
+    write_profile,
+)
 from pdsim.profiles.importers import copy_license, merge_duplicates, read_commit
 
 REPOSITORY = "https://github.com/microsoft/vidur"
@@ -114,9 +123,7 @@ def _median_s(df: pd.DataFrame, op: str) -> pd.Series:
 def convert_mlp(raw: pd.DataFrame, model: str, where: str = "mlp.csv") -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """One model's ``mlp.csv`` -> (``gemm`` rows, ``elementwise`` rows, notes), not yet merged across
     models (columns: the table's keys, ``latency_s``, ``vidur_op``, ``model``)."""
-    missing = [c for c in MLP_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ProfileError(f"{where}: missing columns {missing}")
+    require_columns(raw, MLP_COLUMNS, where)
     notes: list[str] = []
     df = raw.copy()
     gated = df.use_gated_mlp.astype(str).str.lower().isin(["true", "1"])
@@ -169,9 +176,7 @@ def convert_mlp(raw: pd.DataFrame, model: str, where: str = "mlp.csv") -> tuple[
 def convert_network(raw: pd.DataFrame, op: str, where: str) -> tuple[pd.DataFrame, list[str]]:
     """``all_reduce.csv`` / ``send_recv.csv`` -> ``collective`` rows (intra-node only)."""
     col = f"time_stats.{op}.median"
-    missing = [c for c in (col, "num_workers", "size", "devices_per_node") if c not in raw.columns]
-    if missing:
-        raise ProfileError(f"{where}: missing columns {missing}")
+    require_columns(raw, (col, "num_workers", "size", "devices_per_node"), where)
     notes: list[str] = []
     intra = raw.devices_per_node == raw.num_workers
     if (~intra).any():
