@@ -19,6 +19,12 @@ from pathlib import Path
 from pdsim.errors import ConfigError
 
 
+PCIE_X16_NOMINAL_GBYTES_PER_S: dict[int, float] = {4: 32.0, 5: 64.0, 6: 128.0}
+"""Nominal PCIe x16 bandwidth per direction, GB/s, by generation (PCI-SIG: 16 / 32 / 64 GT/s per lane
+x 16 lanes, before line encoding; the rounded figures that ``gpu_specs.csv`` and aiconfigurator's
+``systems/*.yaml`` ``pcie_bw`` quote)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GpuSpec:
     """Datasheet facts of one GPU type.
@@ -56,8 +62,10 @@ class GpuSpec:
         (31.5 GB/s). Achieved copy bandwidth is lower (packet and protocol overheads); a profile's
         measured ``memcpy`` table, where one exists, is the better figure.
         """
-        rates = {4: 16.0 * 128 / 130, 5: 32.0 * 128 / 130, 6: 64.0}
-        return rates[self.pcie_gen] * 16 if self.pcie_gen in rates else math.nan
+        if self.pcie_gen not in PCIE_X16_NOMINAL_GBYTES_PER_S:
+            return math.nan
+        encoding = 128 / 130 if self.pcie_gen in (4, 5) else 1.0
+        return PCIE_X16_NOMINAL_GBYTES_PER_S[self.pcie_gen] * 8 * encoding
 
 
 def _float(row: dict[str, str], key: str) -> float:

@@ -86,11 +86,6 @@ bidir" (ROCm docs ``docs/conceptual/gpu-arch/mi300.md``), i.e. 64 GB/s per direc
 link").
 """
 
-PCIE_X16_NOMINAL_GBYTES_PER_S: dict[int, float] = {4: 32.0, 5: 64.0, 6: 128.0}
-"""Nominal PCIe x16 bandwidth per direction, GB/s, by generation (PCI-SIG: 16 / 32 / 64 GT/s per lane
-x 16 lanes; the rounded figures that ``gpu_specs.csv`` quotes for PCIe-only GPUs). Used only to tell a
-PCIe-only GPU (csv intra-node figure <= this) from an NVLink one."""
-
 NIC_KINDS = ("infiniband", "roce", "ethernet")
 
 NIC_DEFAULTS: dict[str, LinkSpec] = {

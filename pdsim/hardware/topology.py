@@ -42,11 +42,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from pdsim.errors import ConfigError, InvariantViolation
-from pdsim.hardware.gpus import GpuSpec
+from pdsim.hardware.gpus import PCIE_X16_NOMINAL_GBYTES_PER_S, GpuSpec
 from pdsim.hardware.links import (
     LINK_DEFAULTS,
     NIC_DEFAULTS,
-    PCIE_X16_NOMINAL_GBYTES_PER_S,
     XGMI_LINK_GBYTES_PER_S,
     LinkSpec,
 )

@@ -65,7 +65,7 @@ import yaml
 from scipy.optimize import least_squares
 
 from pdsim.errors import ConfigError, ProfileError
-from pdsim.hardware.gpus import GpuSpec, load_gpu_catalog, lookup_gpu
+from pdsim.hardware.gpus import PCIE_X16_NOMINAL_GBYTES_PER_S, GpuSpec, load_gpu_catalog, lookup_gpu
 from pdsim.profiles.format import (
     LATENCY,
     META_FILE,
@@ -86,9 +86,9 @@ DOCS = "docs/derived_profiles.md"
 SHIPPED = ("MI300X", "MI325X", "MI250X", "A10G", "L4", "H100-PCIe")
 
 # Host <-> device copies: not fitted (no source measures them). PCIe x16 per direction as in
-# aiconfigurator's systems/*.yaml ``pcie_bw`` (Gen4 32 GB/s, Gen5 64 GB/s; ai-dynamo/aiconfigurator@095f58a5)
-# times an assumed achieved fraction, plus its ``p2p_latency`` (10 us).
-PCIE_X16_BYTES_PER_S = {"Gen4": 32e9, "Gen5": 64e9, "Gen6": 128e9}
+# aiconfigurator's systems/*.yaml ``pcie_bw`` (Gen4 32 GB/s, Gen5 64 GB/s; ai-dynamo/aiconfigurator@095f58a5;
+# ``pdsim.hardware.gpus.PCIE_X16_NOMINAL_GBYTES_PER_S``) times an assumed achieved fraction, plus its
+# ``p2p_latency`` (10 us).
 PCIE_EFFICIENCY = 0.8
 PCIE_LATENCY_S = 10e-6
 
@@ -240,9 +240,9 @@ def device_facts(gpu: str, csv_path: Path | None = None) -> DeviceFacts:
             raise ProfileError(f"gpu_specs.csv: {spec.name}: {what} is missing; cannot derive a roofline profile")
     if spec.vendor not in ("NVIDIA", "AMD"):
         raise ProfileError(f"gpu_specs.csv: {spec.name}: vendor {spec.vendor!r} has no device type in the profile format (cuda, rocm)")
-    gen = (row.get("pcie_gen") or "").strip()[:4]
-    if gen not in PCIE_X16_BYTES_PER_S:
-        raise ProfileError(f"gpu_specs.csv: {spec.name}: pcie_gen {row.get('pcie_gen')!r} not one of {sorted(PCIE_X16_BYTES_PER_S)}")
+    if spec.pcie_gen not in PCIE_X16_NOMINAL_GBYTES_PER_S:
+        raise ProfileError(f"gpu_specs.csv: {spec.name}: pcie_gen {row.get('pcie_gen')!r} not one of "
+                           f"{['Gen%d' % g for g in sorted(PCIE_X16_NOMINAL_GBYTES_PER_S)]}")
     vendor_name = "AMD Instinct" if spec.vendor == "AMD" else "NVIDIA"
     notes: list[str] = []
     per_package = 1
@@ -266,7 +266,7 @@ def device_facts(gpu: str, csv_path: Path | None = None) -> DeviceFacts:
         fp8_flops=(spec.fp8_dense_flops / per_package) if spec.fp8_dense_flops > 0 else math.nan,
         mem_bw_bytes_per_s=spec.mem_bw_bytes_per_s / per_package,
         memory_bytes=int(round(spec.memory_bytes / per_package)),
-        pcie_bytes_per_s=PCIE_X16_BYTES_PER_S[gen],
+        pcie_bytes_per_s=PCIE_X16_NOMINAL_GBYTES_PER_S[spec.pcie_gen] * 1e9,
         link=link,
         datasheet_source=row.get("source", ""),
         per_package=per_package,
