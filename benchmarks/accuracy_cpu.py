@@ -38,11 +38,14 @@ CONFIG = ROOT / "pdsim/data/model_configs/pdsim-tiny-llama.json"
 MEASURED = ROOT / "benchmarks/results/cpu_iterations.csv"
 
 
-def default_cpu_profile():
-    cpus = [d for d in list_profile_dirs() if load_profile(d).meta.device_type == "cpu"]
-    if not cpus:
-        raise SystemExit("no CPU profile under gpu_profiles/: run `pdsim profile --device cpu --out gpu_profiles/cpu-NAME` first")
-    return load_profile(cpus[0])
+def default_cpu_profile(threads: set[int]):
+    """The first CPU profile under the search roots measured with the measurement's thread count."""
+    cpus = [p for p in map(load_profile, list_profile_dirs()) if p.meta.device_type == "cpu"]
+    matching = [p for p in cpus if {p.meta.num_threads} == threads]
+    if not matching:
+        raise SystemExit(f"no CPU profile measured with {sorted(threads)} torch thread(s) among "
+                         f"{[p.name for p in cpus]}: run `pdsim profile --device cpu --threads N --out gpu_profiles/cpu-NAME` first")
+    return matching[0]
 
 
 def compare(profile, measured: pd.DataFrame) -> pd.DataFrame:
@@ -67,13 +70,12 @@ def compare(profile, measured: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", help="CPU profile name or directory (default: the first gpu_profiles/ profile of device_type cpu)")
+    ap.add_argument("--profile", help="CPU profile name or directory (default: the first CPU profile measured with the same thread count)")
     ap.add_argument("--measured", type=Path, default=MEASURED, help="CSV written by measure_cpu_iterations.py")
     ap.add_argument("--measure", action="store_true", help="measure the real model now (full points unless --quick)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/accuracy_cpu.csv")
     args = ap.parse_args()
-    profile = find_profile(args.profile) if args.profile else default_cpu_profile()
     if args.measure:
         from benchmarks.measure_cpu_iterations import full_points, measure, quick_points
 
@@ -81,6 +83,7 @@ def main() -> None:
     else:
         measured = pd.read_csv(args.measured)
     threads = set(measured.num_threads)
+    profile = find_profile(args.profile) if args.profile else default_cpu_profile(threads)
     if profile.meta.num_threads is not None and threads != {profile.meta.num_threads}:
         raise SystemExit(f"thread counts differ: profile {profile.meta.num_threads}, measurement {sorted(threads)}")
     errors, lm = compare(profile, measured)

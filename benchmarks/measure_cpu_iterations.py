@@ -211,12 +211,15 @@ def measure(config_path: str | Path, points: list[IterationPoint], repeats: int 
     """
     import torch
 
+    from pdsim.live.hostmem import retain_freed_memory
     from pdsim.live.model import LlamaModel
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if threads is not None:
         torch.set_num_threads(threads)
+    if device == "cpu":  # as the engine does (pdsim.live.hostmem)
+        retain_freed_memory()
     config_path = Path(config_path)
     model = LlamaModel(json.loads(config_path.read_text()), dtype=dtype, device=device, seed=seed)
     for pt in points:

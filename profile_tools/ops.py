@@ -32,7 +32,9 @@ numbers are the ones a model sees. In one-off comparisons on the 2-core EPYC VM 
 kept as a benchmark; ``benchmarks/accuracy_cpu.py`` compares whole iterations) the tiny model's decode
 GEMMs (m = 1) ran 3-4x faster with hot caches than in a real forward pass (``pdsim.live.model``);
 flushed, they matched it within 10%, as did prefill GEMMs and attention at 2048 tokens. Elementwise
-ops, copies and collectives are timed without flushing, back to back. Known gap: inside a CPU forward pass an elementwise op that follows a
+ops, copies and collectives are timed without flushing, back to back (on a GPU, elementwise ops and
+copies behind a spin kernel, so that the event pairs time the kernels rather than the host's launch
+rate; see ``profile_tools.timing``). Known gap: inside a CPU forward pass an elementwise op that follows a
 multi-threaded GEMM took 1-3x its back-to-back time at 32-2048 tokens (OpenMP thread-pool hand-off; the
 same one-off comparisons); on the tiny model that is about 1-2% of an iteration.
 """
@@ -65,6 +67,8 @@ class BenchContext:
         log: where progress lines go.
         notes: lines for ``profile.yaml``'s notes (skips and choices).
         skipped: count of points skipped per reason.
+        deadline_s: ``time.perf_counter()`` value after which points are skipped, not measured
+            (``pdsim profile --time-budget-s``); None: no limit.
     """
 
     torch: object
@@ -76,6 +80,7 @@ class BenchContext:
     notes: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     table: str = ""
+    deadline_s: float | None = None  # time.perf_counter() after which no new point is measured
     progress_every_s: float = 30.0
     _last_progress: float = field(default_factory=time.perf_counter)
 
@@ -120,6 +125,9 @@ def _point(ctx: BenchContext, build: Callable[[], tuple[Callable[[], object], bo
     """Build the op (``build`` returns the callable and whether to flush), time it, append a row;
     an out-of-memory point is skipped and counted."""
     torch = ctx.torch
+    if ctx.deadline_s is not None and time.perf_counter() > ctx.deadline_s:
+        ctx.skip(f"{ctx.table}: time budget spent")
+        return
     try:
         fn, flush = build()
         m = ctx.timer.measure(fn, ctx.flush if flush else None)

@@ -32,6 +32,10 @@ class ProfileRequest:
         threads: ``torch.set_num_threads`` (CPU).
         tables: tables to measure (default all).
         notes: lines the user adds to ``profile.yaml``'s notes.
+        time_budget_s: wall-clock budget of the whole sweep (None: none). Each table gets a share of
+            what is left when it starts (``TABLE_BUDGET_WEIGHTS``); points past a table's share are
+            skipped and counted in the notes, so a run on a lent machine ends in time with every table
+            measured as far as its share allowed.
     """
 
     device: str
@@ -44,6 +48,7 @@ class ProfileRequest:
     threads: int | None = None
     tables: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()
+    time_budget_s: float | None = None
 
     def command(self) -> str:
         """The ``pdsim profile`` command line of these options (defaults left out, as a user types it)."""
@@ -60,6 +65,8 @@ class ProfileRequest:
             parts += ["--threads", str(self.threads)]
         if self.tables:
             parts += ["--tables", ",".join(self.tables)]
+        if self.time_budget_s is not None:
+            parts += ["--time-budget-s", f"{self.time_budget_s:g}"]
         for n in self.notes:
             parts += ["--note", n]
         return shlex.join(parts)
@@ -98,8 +105,28 @@ def _resolve(req: ProfileRequest, gpu: bool) -> ProfileRequest:
         raise ConfigError(f"--threads must be >= 1, got {req.threads}")
     if req.max_tokens is not None and req.max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {req.max_tokens}")
+    if req.time_budget_s is not None and not req.time_budget_s > 0:
+        raise ConfigError(f"--time-budget-s must be > 0, got {req.time_budget_s}")
     return ProfileRequest(req.device, req.out, req.mode, tuple(models), tuple(tps), tuple(dict.fromkeys(dtypes)),
-                          req.max_tokens, req.threads, tuple(t for t in TABLE_ORDER if t in tables), req.notes)
+                          req.max_tokens, req.threads, tuple(t for t in TABLE_ORDER if t in tables), req.notes,
+                          req.time_budget_s)
+
+
+TABLE_BUDGET_WEIGHTS = {"gemm": 5.0, "attention_prefill": 2.0, "attention_decode": 2.0, "elementwise": 1.0,
+                        "memcpy": 0.5, "collective": 1.0}
+"""Relative shares of ``--time-budget-s``: a table starting with ``left`` seconds of budget may use
+``left x its weight / (sum of the weights of it and the tables after it)``; time it does not use passes
+on to the later tables."""
+
+
+def table_deadline(tables: tuple[str, ...], index: int, started_s: float, budget_s: float | None,
+                   now_s: float) -> float | None:
+    """The ``time.perf_counter()`` deadline of ``tables[index]`` under a sweep budget (None: no budget)."""
+    if budget_s is None:
+        return None
+    left = max(0.0, started_s + budget_s - now_s)
+    rest = sum(TABLE_BUDGET_WEIGHTS[t] for t in tables[index:])
+    return now_s + left * TABLE_BUDGET_WEIGHTS[tables[index]] / rest
 
 
 def _model_label(given: str, spec) -> str:
@@ -122,10 +149,8 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
         ConfigError: unknown model, dtype or table, bad numbers.
     """
     torch = _import_torch()
-    from profile_tools.collective import bench_collectives
     from profile_tools.device import parse_device, probe_device
-    from profile_tools.ops import (BenchContext, bench_attention_decode, bench_attention_prefill, bench_elementwise,
-                                   bench_gemm, bench_memcpy, make_flush, sdpa_supports_gqa)
+    from profile_tools.ops import BenchContext, make_flush, sdpa_supports_gqa
     from profile_tools.timing import CudaEventClock, HostClock, Timer
 
     command = req.command()
@@ -147,6 +172,15 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
              f"TP {', '.join(map(str, req.tps))}; dtypes {', '.join(req.dtypes)}; up to {plan.max_tokens} tokens per batch")
     ctx = BenchContext(torch, device, info, timer, flush, log, notes=[*req.notes, sweep, *plan.notes])
     ctx.notes.append(flush_note)
+    if isinstance(clock, CudaEventClock):  # how ops without a flush are timed on a GPU
+        ctx.notes.append(clock.method_note)
+    if not info.is_gpu:  # the same allocator behaviour as the live engine (pdsim.live.hostmem)
+        from pdsim.live.hostmem import retain_freed_memory
+
+        alloc = retain_freed_memory()
+        ctx.notes.append(f"host allocator: {alloc['allocator']}, freed memory "
+                         + ("retained (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)" if alloc["retain_freed_memory"]
+                            else f"returned to the OS ({alloc['reason']})"))
     gqa_native = sdpa_supports_gqa(torch)
     gqa = "enable_gqa=True" if gqa_native else "repeat_interleave of K/V (HF repeat_kv)"
     ctx.notes.append(f"attention: torch SDPA, GQA via {gqa}")
@@ -156,24 +190,23 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
 
     tables: dict[str, pd.DataFrame] = {}
     started = time.perf_counter()
-    for table in req.tables:
+    for index, table in enumerate(req.tables):
         t0 = time.perf_counter()
         ctx.table = table
-        log(f"{table}: measuring ...")
-        if table == "gemm":
-            rows = bench_gemm(ctx, plan, list(req.dtypes))
-        elif table == "attention_prefill":
-            rows = bench_attention_prefill(ctx, plan, list(req.dtypes), gqa_native)
-        elif table == "attention_decode":
-            rows = bench_attention_decode(ctx, plan, list(req.dtypes), gqa_native)
-        elif table == "elementwise":
-            rows = bench_elementwise(ctx, plan, list(req.dtypes))
-        elif table == "memcpy":
-            rows = bench_memcpy(ctx, plan)
-        else:
-            coll_dtype = next((d for d in req.dtypes if d in ("bf16", "fp16")), "bf16") if info.is_gpu else "fp32"
-            rows = bench_collectives(gpu=info.is_gpu, rocm=info.device_type == "rocm", device_count=info.device_count,
-                                     sizes=plan.collective_bytes, dtype=coll_dtype, policy=plan.timing, log=log, notes=ctx.notes)
+        ctx.deadline_s = table_deadline(req.tables, index, started, req.time_budget_s, t0)
+        log(f"{table}: measuring ..." + ("" if ctx.deadline_s is None else f" (budget {ctx.deadline_s - t0:.0f} s)"))
+        try:
+            rows = _measure_table(table, ctx, plan, req, info)
+        except (ConfigError, ProfileError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failing table must not lose the others' measurements
+            if not info.is_gpu:
+                raise
+            import traceback
+
+            log(traceback.format_exc())
+            ctx.notes.append(f"{table}: not measured, it failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            rows = []
         if rows:
             df = pd.DataFrame(rows)
             if df.duplicated(subset=list(TABLES[table][0])).any():
@@ -182,10 +215,45 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
         log(f"{table}: {len(rows)} points in {time.perf_counter() - t0:.1f} s")
         if info.is_gpu:
             torch.cuda.empty_cache()
+    ctx.table = ""
+    ctx.deadline_s = None
+    return _finish(req, info, ctx, timer, tables, command, num_threads, started, log)
+
+
+def _measure_table(table: str, ctx, plan, req: ProfileRequest, info) -> list[dict]:
+    """The rows of one table."""
+    from profile_tools.collective import bench_collectives
+    from profile_tools.ops import (bench_attention_decode, bench_attention_prefill, bench_elementwise, bench_gemm,
+                                   bench_memcpy, sdpa_supports_gqa)
+
+    gqa_native = sdpa_supports_gqa(ctx.torch)
+    if table == "gemm":
+        return bench_gemm(ctx, plan, list(req.dtypes))
+    if table == "attention_prefill":
+        return bench_attention_prefill(ctx, plan, list(req.dtypes), gqa_native)
+    if table == "attention_decode":
+        return bench_attention_decode(ctx, plan, list(req.dtypes), gqa_native)
+    if table == "elementwise":
+        return bench_elementwise(ctx, plan, list(req.dtypes))
+    if table == "memcpy":
+        return bench_memcpy(ctx, plan)
+    coll_dtype = next((d for d in req.dtypes if d in ("bf16", "fp16")), "bf16") if info.is_gpu else "fp32"
+    return bench_collectives(gpu=info.is_gpu, rocm=info.device_type == "rocm", device_count=info.device_count,
+                             sizes=plan.collective_bytes, dtype=coll_dtype, policy=plan.timing, log=ctx.log,
+                             notes=ctx.notes)
+
+
+def _finish(req: ProfileRequest, info, ctx, timer, tables: dict[str, pd.DataFrame], command: str,
+            num_threads: int | None, started: float, log: Callable[[str], None]) -> Profile:
+    """Write the profile directory of the measured ``tables`` (see ``run_profile``)."""
     if not tables:
         raise ProfileError(f"{req.out}: nothing was measured (tables {list(req.tables)}): " + "; ".join(ctx.notes[-3:]))
     for reason, n in sorted(ctx.skipped.items()):
         ctx.notes.append(f"{n} point(s) skipped: {reason}")
+    uncovered = getattr(timer.clock, "uncovered_calls", 0)
+    if uncovered:
+        ctx.notes.append(f"{uncovered} unflushed call(s) could not be kept behind a spin kernel and were timed back "
+                         "to back (their latency may include the host's launch time)")
     if not info.is_gpu:
         ctx.notes.append(
             f"host contention: {timer.remeasured} point(s) re-measured because other processes used the CPU; "

@@ -11,8 +11,41 @@ Method (the practice of triton's ``do_bench``, nccl-tests and vLLM's benchmark s
 3. Each call is timed on its own:
 
    - GPU (CUDA and ROCm/HIP): a pair of ``torch.cuda.Event(enable_timing=True)`` recorded on the
-     current stream around the call, all calls enqueued back to back, one ``torch.cuda.synchronize``
-     at the end; the device-side time of each call is ``start.elapsed_time(end)``.
+     current stream around the call; the device-side time of each call is ``start.elapsed_time(end)``.
+     An event pair brackets device work only if the device is still busy with earlier work when the
+     host records the start event, so that the call's kernels are already queued when the device
+     reaches it. Otherwise the device idles between the start event and the kernel while the host
+     launches it, and the pair measures the host's launch rate. How that is ensured:
+
+     - With a ``flush`` (GEMM, attention): the flush runs before each call (zeroing 256 MiB, about
+       100 us of device work), which keeps the device busy while the host enqueues start event,
+       call and end event. All calls are enqueued back to back, one ``torch.cuda.synchronize`` at
+       the end.
+     - Without a flush (elementwise ops, copies), a "blocking kernel", the practice of NVIDIA
+       nvbench (``nvbench::blocking_kernel`` holds the stream while the events and the kernel are
+       enqueued): before the calls the stream gets a ``torch.cuda._sleep(cycles)`` spin kernel,
+       so the host runs ahead of the device and each pair brackets only device work. The spin is
+       sized at ``HOST_S_PER_CALL`` (50 us) per call to enqueue, at most ``MAX_SPIN_S``, and
+       converted to cycles at the device's reported clock rate (``clock_rate``, kHz; 2 GHz where
+       not reported), later at the rate measured on the previous spin (which also covers spin
+       counters that do not count core cycles: gfx11 spins on the constant wall clock). The calls
+       are enqueued in chunks of at most ``MAX_CALLS_PER_SPIN`` behind one spin each, because a
+       stream queues only about a thousand launches before the host blocks (nvbench advises "~32
+       kernel launches max" behind its blocking kernel), and a blocked host waits for the spin to
+       end. The spin sits between its own event pair, never inside a call's pair, and that pair
+       checks the chunk afterwards: the spin started after the host began to enqueue the chunk,
+       so if the host finished in less time than the spin ran, every call was queued before the
+       device reached it. A chunk that fails the check is discarded and enqueued again behind a
+       longer spin (at least twice the host's measured time per call) with half the calls, up to
+       ``SPIN_RETRIES`` times per op; after that the op's calls are timed back to back and
+       counted in ``CudaEventClock.uncovered_calls``. Without ``torch.cuda._sleep`` (CUDA and HIP
+       builds of torch have it), the calls are enqueued back to back, as with a flush, and
+       ``CudaEventClock.method_note`` (a line for the profile's notes) says so.
+
+     Why: on an NVIDIA H200 (torch 2.11) the first measured profile's elementwise table, timed
+     without the spin (withdrawn; kept in ``benchmarks/results/h200/elementwise_launch_bound.parquet``),
+     had an ``add`` of 1 x 4096 bf16 elements at 25 us, flat up to 1024 tokens, and rmsnorm at 85 us flat:
+     kernels of 1-5 us on a GPU with 4.8 TB/s, timed at the host's 10-25 us per launch.
    - CPU: ``time.perf_counter_ns`` around the call (torch CPU ops are synchronous).
 
 4. Result: the median as ``latency_s``, the 10th and 90th percentiles (linear interpolation, as
@@ -21,7 +54,8 @@ Method (the practice of triton's ``do_bench``, nccl-tests and vLLM's benchmark s
 Cache state: an optional ``flush`` callable runs before every timed call, outside the timed region.
 ``profile_tools.ops`` passes one for GEMMs and attention (the weights and KV cache of one layer are
 evicted by the other layers' before they are used again in a real forward pass) and none for
-elementwise ops, copies and collectives (their inputs are the previous op's fresh outputs).
+elementwise ops, copies and collectives (their inputs are the previous op's fresh outputs; on a GPU
+the elementwise ops and copies are timed behind a spin kernel instead, see 3.).
 
 Host contention (CPU timings only): a shared machine's other processes steal cores, and a torch op
 running on an OpenMP team stalls for a whole scheduler slice when one of its threads is preempted
@@ -35,6 +69,7 @@ least disturbed attempt is kept. The other processes' share of the kept attempt 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -46,6 +81,14 @@ from profile_tools.plan import TimingPolicy
 
 CONTENDED_FRACTION = 0.10  # other processes' share of all cores above which an attempt is redone
 MAX_PAUSE_S = 10.0  # longest pause before re-measuring a contended point (pauses double from 0.5 s)
+
+# GPU calls timed without a flush are enqueued behind a spin kernel (see the module docstring, 3.)
+HOST_S_PER_CALL = 50e-6  # first allowance for the host's enqueueing of one call (events and the op's launches)
+MAX_SPIN_S = 0.2  # longest spin kernel
+MAX_CALLS_PER_SPIN = 32  # calls enqueued behind one spin (a stream queues about a thousand launches)
+SPIN_RETRIES = 3  # chunks of one op enqueued again when the host's enqueueing outlasted their spin
+FALLBACK_CLOCK_HZ = 2e9  # spin-counter rate assumed when the device reports no clock rate
+MIN_RATE_SPIN_S = 1e-3  # shortest spin whose measured duration updates the spin-counter rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,16 +191,56 @@ class HostClock:
         return out
 
 
+def device_clock_hz(torch, device) -> float:
+    """The device's reported core clock in Hz (``clock_rate`` is in kHz), or ``FALLBACK_CLOCK_HZ``."""
+    props = torch.cuda.get_device_properties(device)
+    khz = getattr(props, "clock_rate", 0) or 0
+    return khz * 1e3 if khz > 0 else FALLBACK_CLOCK_HZ
+
+
 class CudaEventClock:
-    """Times calls with CUDA/HIP events on the current stream of ``device`` (device-side time)."""
+    """Times calls with CUDA/HIP events on the current stream of ``device`` (device-side time).
+
+    Attributes:
+        can_spin: ``torch.cuda._sleep`` exists, so calls without a flush are timed behind a spin kernel.
+        spin_cycles_per_s: spin-counter rate used to size the spins (reported clock, then measured).
+        uncovered_calls: calls without a flush timed back to back after all ``SPIN_RETRIES`` retries
+            of their op failed (the host's enqueueing outlasted every spin, as when a call waits for
+            the device); such calls may read the host's launch rate.
+        method_note: one line for the profile's notes saying how calls without a flush were timed.
+    """
 
     kind = "cuda_events"
 
-    def __init__(self, torch_module, device) -> None:
+    def __init__(self, torch_module, device, host_clock_s: Callable[[], float] = time.perf_counter) -> None:
         self.torch = torch_module
         self.device = device
+        self._host_clock_s = host_clock_s
+        self.can_spin = hasattr(torch_module.cuda, "_sleep")
+        self.spin_cycles_per_s = device_clock_hz(torch_module, device) if self.can_spin else None
+        self.uncovered_calls = 0
+        if self.can_spin:
+            self.method_note = (
+                "GPU ops without a cache flush (elementwise, copies): each chunk of up to "
+                f"{MAX_CALLS_PER_SPIN} calls enqueued behind a torch.cuda._sleep spin kernel (blocking kernel, "
+                f"as nvbench; {HOST_S_PER_CALL * 1e6:.0f} us per call, longer for slower hosts, at most "
+                f"{MAX_SPIN_S * 1e3:.0f} ms), so the CUDA-event pairs time device work, not the host's launch rate")
+        else:
+            self.method_note = (
+                "GPU ops without a cache flush (elementwise, copies): torch.cuda._sleep missing in this torch "
+                "build, calls enqueued back to back; ops shorter than their host launch time read as the launch rate")
+        # learned on one op (by id()), from the first allowances, in _time_behind_spins
+        self._tuned_for: int | None = None
+        self._host_s_per_call = HOST_S_PER_CALL
+        self._calls_per_spin = MAX_CALLS_PER_SPIN
+        self._retries_left = SPIN_RETRIES
 
     def time_calls(self, fn: Callable[[], object], n: int, flush: Callable[[], object] | None) -> list[float]:
+        if flush is None and self.can_spin:
+            return self._time_behind_spins(fn, n)
+        return self._time_back_to_back(fn, n, flush)
+
+    def _time_back_to_back(self, fn: Callable[[], object], n: int, flush: Callable[[], object] | None) -> list[float]:
         torch = self.torch
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
@@ -170,6 +253,70 @@ class CudaEventClock:
             ends[i].record()
         torch.cuda.synchronize(self.device)
         return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)]  # elapsed_time is in ms
+
+    def _time_behind_spins(self, fn: Callable[[], object], n: int) -> list[float]:
+        """``n`` calls in chunks, each chunk behind one spin kernel; a chunk whose enqueueing outlasted
+        its spin is enqueued again behind a longer spin with fewer calls (module docstring, 3.)."""
+        if self._tuned_for != id(fn):  # a new op: start again from the first allowances
+            self._tuned_for = id(fn)
+            self._host_s_per_call = HOST_S_PER_CALL
+            self._calls_per_spin = MAX_CALLS_PER_SPIN
+            self._retries_left = SPIN_RETRIES
+        out: list[float] = []
+        if self._retries_left >= 0:
+            self.torch.cuda.synchronize(self.device)
+        while len(out) < n and self._retries_left >= 0:
+            fits = max(1, int(MAX_SPIN_S / self._host_s_per_call))
+            k = min(n - len(out), self._calls_per_spin, fits)
+            times, host_s, spun_s = self._chunk(fn, k, min(k * self._host_s_per_call, MAX_SPIN_S))
+            if host_s < spun_s:
+                out.extend(times)
+                continue
+            self._retries_left -= 1
+            if self._retries_left >= 0:  # enqueue the chunk again
+                self._host_s_per_call = max(2 * self._host_s_per_call, 2 * host_s / k)
+                if k > 1:  # the host may have blocked on a full launch queue
+                    self._calls_per_spin = max(1, k // 2)
+            else:  # given up on this op: keep what it gave, its remaining calls back to back
+                out.extend(times)
+                self.uncovered_calls += k
+        if len(out) < n:
+            self.uncovered_calls += n - len(out)
+            out.extend(self._time_back_to_back(fn, n - len(out), None))
+        return out
+
+    def _chunk(self, fn: Callable[[], object], k: int, spin_s: float) -> tuple[list[float], float, float]:
+        """Enqueue a spin of about ``spin_s`` seconds, then ``k`` timed calls; wait for them. The device
+        must be idle on entry.
+
+        Returns:
+            The calls' device times, the host's seconds to enqueue spin and calls, and the seconds
+            the spin held the stream (between its own events, never inside a call's pair).
+        """
+        torch = self.torch
+        spin_start = torch.cuda.Event(enable_timing=True)
+        spin_end = torch.cuda.Event(enable_timing=True)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(k)]
+        cycles = max(1, math.ceil(spin_s * self.spin_cycles_per_s))
+        t0 = self._host_clock_s()
+        spin_start.record()
+        torch.cuda._sleep(cycles)
+        launch_s = self._host_clock_s() - t0
+        spin_end.record()
+        for start, end in zip(starts, ends):
+            start.record()
+            fn()
+            end.record()
+        host_s = self._host_clock_s() - t0
+        torch.cuda.synchronize(self.device)
+        spun_s = spin_start.elapsed_time(spin_end) * 1e-3  # elapsed_time is in ms
+        # spun_s includes the wait between spin_start (run at once by the idle device) and the spin's
+        # launch, at most launch_s: spun_s - launch_s is at most the spin's own duration, so the rate
+        # is at least the true one and later spins come out no shorter than planned.
+        if spun_s - launch_s >= MIN_RATE_SPIN_S and launch_s <= 0.5 * spun_s:
+            self.spin_cycles_per_s = cycles / (spun_s - launch_s)
+        return [s.elapsed_time(e) * 1e-3 for s, e in zip(starts, ends)], host_s, spun_s
 
 
 class Timer:

@@ -5,7 +5,9 @@ the simulator's request columns, and batching does not change the greedy tokens.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +20,7 @@ from typer.testing import CliRunner  # noqa: E402
 from pdsim.cli import app  # noqa: E402
 from pdsim.errors import ConfigError  # noqa: E402
 from pdsim.live.engine import ITERATION_COLUMNS, EngineConfig, LiveEngine, prompt_token_ids  # noqa: E402
+from pdsim.live.hostmem import SETTINGS, retain_freed_memory  # noqa: E402
 from pdsim.live.model import LlamaModel  # noqa: E402
 from pdsim.live.workload import trace_requests  # noqa: E402
 from pdsim.metrics.records import REQUEST_COLUMNS  # noqa: E402
@@ -141,6 +144,35 @@ def test_cli_writes_run_directory(tmp_path, small_cfg_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["torch_version"] == torch.__version__ and man["threads"] == 1 and man["seed"] == 0
     assert man["config"]["kv_capacity_blocks"] == 2048
+    assert man["host_allocator"] == retain_freed_memory()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"),
+                    reason="glibc only")
+def test_cpu_engine_keeps_freed_memory_in_the_process(small_cfg_path):
+    """On glibc the CPU engine turns off mmap-served allocations and heap trimming (pdsim.live.hostmem),
+    so a freed activation is reused by the next iteration instead of being page-faulted in again."""
+    LiveEngine(EngineConfig(model_config=small_cfg_path))
+    alloc = retain_freed_memory()
+    assert alloc["retain_freed_memory"] is True and alloc["allocator"].startswith("glibc ")
+    assert alloc["mallopt"] == {name: value for name, (_, value) in SETTINGS.items()}
+    assert SETTINGS["M_MMAP_MAX"][1] == 0 and SETTINGS["M_TRIM_THRESHOLD"][1] >= 2**30
+    # a large block now comes from the heap (no mmap) and stays there, free, once freed
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):  # glibc < 2.33
+        return
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = libc.malloc(64 << 20)
+    assert block and libc.mallinfo2().hblkhd < 64 << 20  # not mmap-served
+    libc.free(block)
+    assert libc.mallinfo2().fordblks >= 64 << 20  # kept by malloc, free for the next iteration
 
 
 @pytest.mark.parametrize("args, message", [

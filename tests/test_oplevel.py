@@ -256,3 +256,40 @@ def test_out_of_range_decode_is_counted_on_every_record_and_in_every_copy(tmp_pa
             copy.decode_s(b, b * 100)
             copy.record_decode(b, 3)
         assert copy.stats.extrapolated == 6 and copy.stats.by_axis == {"tokens_above": 6}
+
+
+# -- host floor (eager engines bound by the host's kernel launches) ------------------------------------
+
+@pytest.mark.parametrize("floor_s", [1e-6, 5e-2])  # below and above the kernels of the shapes below
+def test_host_floor_is_the_least_an_iteration_takes(tmp_path, floor_s):
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    plain = OpLevelModel([prof], MODEL, dtype="bf16", iteration_overhead_s=1e-4)
+    per_seq = 2e-3
+    floored = OpLevelModel([prof], MODEL, dtype="bf16", iteration_overhead_s=1e-4, host_floor_s=floor_s,
+                           host_floor_per_prefill_seq_s=per_seq)
+    decode = BatchShape(decode_seqs=8, decode_context_tokens=8 * 256)
+    mixed = BatchShape(prefill_tokens=3 * 64, prefill_seqs=3, decode_seqs=4, decode_context_tokens=4 * 100,
+                       prefill_square_tokens=3 * 64 * 64)
+    for shape, n_p in ((decode, 0), (mixed, 3)):
+        kernels = plain.iteration_s(shape) - 1e-4
+        assert floored.iteration_s(shape) == pytest.approx(1e-4 + max(kernels, floor_s + per_seq * n_p), rel=1e-12)
+    assert floored.decode_s(8, 8 * 256) == pytest.approx(floored.iteration_s(decode), rel=1e-12)
+    parts = floored.breakdown_s(mixed)
+    assert sum(parts.values()) == pytest.approx(floored.iteration_s(mixed), rel=1e-9)
+    assert floored.describe()["host_floor_s"] == floor_s
+
+
+def test_host_floor_splits_over_pipeline_stages_by_layers(tmp_path):
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    lm = OpLevelModel([prof], MODEL, pp=2, dtype="bf16", iteration_overhead_s=1e-4, host_floor_s=1.0,
+                      stage_layers=(1, 3))
+    shape = BatchShape(decode_seqs=2, decode_context_tokens=2 * 64)
+    stages = lm.stage_times_s(shape)
+    assert stages == pytest.approx((1e-4 + 0.25, 0.75), rel=1e-12)  # the floor binds: 1/4 and 3/4 of it
+    assert sum(stages) == pytest.approx(lm.iteration_s(shape), rel=1e-12)
+
+
+def test_a_negative_host_floor_is_refused(tmp_path):
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    with pytest.raises(ProfileError, match="host floor"):
+        OpLevelModel([prof], MODEL, dtype="bf16", host_floor_s=-1e-3)

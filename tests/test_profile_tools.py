@@ -21,6 +21,7 @@ from pdsim.errors import ConfigError, ProfileError  # noqa: E402
 from pdsim.profiles.format import load_profile  # noqa: E402
 from profile_tools.device import match_gpu_name, parse_device  # noqa: E402
 from profile_tools.plan import (  # noqa: E402
+    DENSE_GEMM_M,
     FULL_TIMING,
     TABLE_ORDER,
     TimingPolicy,
@@ -185,6 +186,9 @@ def test_token_grid_is_log_spaced_and_capped():
 def test_cpu_full_plan_matches_the_committed_profile_coverage():
     plan = build_plan("cpu", "full", [resolve_model(str(tiny_model_path()))], [1], ["fp32"])
     assert plan.gemm_m[0] == 1 and plan.gemm_m[-1] >= 4096
+    assert plan.gemm_m[:DENSE_GEMM_M] == tuple(range(1, DENSE_GEMM_M + 1))  # every decode batch size
+    assert set(plan.gemm_m) > set(token_grid(4096, "full")) and plan.elementwise_tokens == token_grid(4096, "full")
+    assert build_plan("cpu", "quick", [resolve_model(str(tiny_model_path()))], [1], ["fp32"]).gemm_m == token_grid(1024, "quick")
     assert plan.prefill_batches == (1, 2, 4, 8) and plan.prefill_seq_lens[0] == 16 and plan.prefill_seq_lens[-1] == 2048
     assert plan.decode_batches[-1] == 64 and plan.decode_context_lens == tuple(2**i for i in range(4, 13))
 

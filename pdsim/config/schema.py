@@ -150,6 +150,10 @@ class OpLevelLatency(_Strict):
             preparation, sampling); default 0.
         all_reduce_backend: ``auto`` (the fastest measured backend at each message size) or a backend
             name of the profile's collective table (e.g. ``nccl``).
+        host_floor_s, host_floor_per_prefill_seq_s: the serving engine's host time to issue one
+            iteration, fixed and per prefilled request (an eager engine launching every kernel from
+            Python; ``pdsim.latency.oplevel``, "Host floor"); the iteration takes at least that long.
+            Default 0 (an engine that replays CUDA graphs).
     """
 
     kind: Literal["op_level"]
@@ -158,6 +162,8 @@ class OpLevelLatency(_Strict):
     kv_dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
     iteration_overhead_s: float = Field(default=0.0, ge=0)
     all_reduce_backend: str = "auto"
+    host_floor_s: float = Field(default=0.0, ge=0)
+    host_floor_per_prefill_seq_s: float = Field(default=0.0, ge=0)
 
     @property
     def profiles(self) -> list[str]:

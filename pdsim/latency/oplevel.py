@@ -77,6 +77,21 @@ above the attention tables' largest batch: linear in the batch; sequence length 
 measured range: power law with exponent 2 (prefill) or 1 (decode). Values below the smallest measured
 point are clamped to it (not counted: measured grids start at 1 token).
 
+Host floor (engines that launch every kernel from the host, eager mode): the host issues each
+iteration's kernels one by one, so an iteration cannot end before the host has issued them all. With
+``host_floor_s`` > 0 the iteration takes
+
+    t_iter = iteration_overhead_s + max(kernels, host_floor_s + host_floor_per_prefill_seq_s x n_p)
+
+where ``kernels`` is the sum above without the overhead: the GPU runs the kernels while the host issues
+the next ones, and whichever is slower sets the pace (the reason engines capture CUDA graphs: vLLM's
+decode steps replay one graph, so their host floor is small). ``host_floor_per_prefill_seq_s`` is the
+host work per prefilled request (its attention call and cache writes in every layer). With PP, stage
+``i`` gets ``L_i / L`` of the floor. Both default to 0 (no floor), and are engine parameters measured,
+not fitted: ``pdsim.live.overhead.compare_grid`` takes them from the live engine's synthetic grid
+(docs/live.md); on an H200 the eager reference engine's decode iterations of Llama-3.1-8B took 17-38 ms
+against 5-8 ms of kernels (benchmarks/results/h200/, 2026-12-04).
+
 Precision: ``dtype`` is the weight and GEMM precision (``fp8`` = W8A8 GEMMs with bf16 activations and
 attention), ``kv_dtype`` the KV cache's (defaults to ``dtype``, bf16 for fp8). The per-iteration
 overhead (scheduling, input preparation, sampling, and kernel launches the profile's kernel timings do
@@ -181,6 +196,8 @@ class OpLevelModel:
         gpu: the GPU's datasheet (roofline fallbacks); None for a CPU.
         iteration_overhead_s: per-iteration overhead (seconds).
         all_reduce_backend: ``auto`` or a backend name of the profile's collective table.
+        host_floor_s, host_floor_per_prefill_seq_s: the host's time to issue one iteration, fixed and
+            per prefilled request (seconds; module docstring, "Host floor"); 0 = no floor.
 
     Raises:
         ProfileError: a required table is in no profile (GEMM, attention), the dtype is not measured,
@@ -199,6 +216,8 @@ class OpLevelModel:
         iteration_overhead_s: float = DEFAULT_ITERATION_OVERHEAD_S,
         all_reduce_backend: str = "auto",
         stage_layers: tuple[int, ...] | None = None,
+        host_floor_s: float = 0.0,
+        host_floor_per_prefill_seq_s: float = 0.0,
     ):
         if not profiles:
             raise ProfileError("op-level latency model: no profile given")
@@ -221,6 +240,11 @@ class OpLevelModel:
         self.attn_dtype = "bf16" if dtype == "fp8" else dtype
         self.act_bytes = 2 if dtype == "fp8" else dtype_bytes(dtype)
         self.iteration_overhead_s = float(iteration_overhead_s)
+        if host_floor_s < 0 or host_floor_per_prefill_seq_s < 0:
+            raise ProfileError(f"op-level latency model: host floor must be >= 0, got {host_floor_s} s + "
+                               f"{host_floor_per_prefill_seq_s} s per prefilled request")
+        self.host_floor_s = float(host_floor_s)
+        self.host_floor_per_prefill_seq_s = float(host_floor_per_prefill_seq_s)
         self.all_reduce_backend = all_reduce_backend
         self.name = f"op_level:{self.profiles[0].name}/{model.name}/tp{tp}pp{pp}/{dtype}"
         self.stats = LookupStats()
@@ -600,7 +624,7 @@ class OpLevelModel:
         cached = self._decode_cache.get(batch_size)
         if cached is None:  # per-token and per-sampled part: a function of the batch size only
             probe = LookupStats()
-            base = self.iteration_overhead_s + self._tokens_s(batch_size, probe) + self._sampled_s(batch_size, probe)
+            base = self._tokens_s(batch_size, probe) + self._sampled_s(batch_size, probe)
             cached = (base, next(iter(probe.by_axis)) if probe.extrapolated else None)
             self._decode_cache[batch_size] = cached
         base, axis = cached
@@ -612,7 +636,8 @@ class OpLevelModel:
             axis = next(iter(probe.by_axis))
         if axis is not None:
             self._decode_oor[batch_size] = axis
-        return base + self._layers * self._decode_attn_scale * attn
+        kernels = base + self._layers * self._decode_attn_scale * attn
+        return self.iteration_overhead_s + max(kernels, self.host_floor_s)
 
     def record_decode(self, batch_size: int, iterations: int) -> None:
         """Count ``iterations`` executed pure-decode lookups at ``batch_size``."""
@@ -632,12 +657,16 @@ class OpLevelModel:
         st = self.stats
         st.lookups += 1
         n_p, d = shape.prefill_seqs, shape.decode_seqs
-        t = self.iteration_overhead_s
-        t += self._tokens_s(shape.prefill_tokens + d, st) + self._sampled_s(n_p + d, st)
+        t = self._tokens_s(shape.prefill_tokens + d, st) + self._sampled_s(n_p + d, st)
         t += self._layers * self._prefill_attn_scale * self._prefill_attn_at(shape, st)
         if d:
             t += self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, st, "decode_attention")
-        return t
+        return self.iteration_overhead_s + max(t, self.host_floor_at(n_p))
+
+    def host_floor_at(self, prefill_seqs: int) -> float:
+        """The host's time to issue an iteration with ``prefill_seqs`` prefilled requests (seconds;
+        0 without a floor)."""
+        return self.host_floor_s + self.host_floor_per_prefill_seq_s * prefill_seqs
 
     def stage_times_s(self, shape: BatchShape) -> tuple[float, ...]:
         """Time each PP stage is busy with one pass of ``shape`` (module docstring); ``(iteration_s,)``
@@ -658,12 +687,14 @@ class OpLevelModel:
             per_layer += self._prefill_attn_scale * self._prefill_attn_at(shape, st)
         if d:
             per_layer += self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, st, "decode_attention")
-        first = self.iteration_overhead_s + _proportional_above(embed_c, float(tokens))
+        first = _proportional_above(embed_c, float(tokens))
         handoff = _proportional_above(handoff_c, float(tokens))
         last = self._sampled_s(n_p + d, st)
         end = self.pp - 1
+        floor = self.host_floor_at(n_p) / self.model.num_layers
         return tuple(
-            n * per_layer + (first if i == 0 else 0.0) + (handoff if i < end else last)
+            (self.iteration_overhead_s if i == 0 else 0.0)
+            + max(n * per_layer + (first if i == 0 else 0.0) + (handoff if i < end else last), n * floor)
             for i, n in enumerate(self.stage_layers)
         )
 
@@ -683,6 +714,8 @@ class OpLevelModel:
             out["attention_prefill"] = self._layers * self._prefill_attn_scale * self._prefill_attn_at(shape, None)
         if d:
             out["attention_decode"] = self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, None, "")
+        kernels = sum(v for k, v in out.items() if k != "iteration_overhead")
+        out["host_floor_excess"] = max(0.0, self.host_floor_at(n_p) - kernels)
         return out
 
     def prefill_s(self, prompt_tokens: int, batch_size: int = 1) -> float:
@@ -703,6 +736,8 @@ class OpLevelModel:
             "dtype": self.dtype,
             "kv_dtype": self.kv_dtype,
             "iteration_overhead_s": self.iteration_overhead_s,
+            "host_floor_s": self.host_floor_s,
+            "host_floor_per_prefill_seq_s": self.host_floor_per_prefill_seq_s,
             "all_reduce_backend": self.all_reduce_backend,
             "sources": dict(self.sources),
             "gemm_shapes": self._components["gemm"],

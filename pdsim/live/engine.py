@@ -50,6 +50,7 @@ import pandas as pd
 from pdsim.core.kv import KVBlockManager, blocks_for
 from pdsim.core.request import Request
 from pdsim.errors import ConfigError, InvariantViolation
+from pdsim.live.hostmem import retain_freed_memory
 from pdsim.scheduling.batch import (
     BatchScheduler,
     ColocatedScheduler,
@@ -63,7 +64,7 @@ DEFAULT_MODEL_CONFIG = "data/model_configs/pdsim-tiny-llama.json"
 ITERATION_COLUMNS = [
     "iteration", "start_s", "duration_s", "prefill_tokens", "prefill_seqs", "decode_seqs",
     "decode_context_tokens", "kv_blocks_used", "kv_capacity_blocks", "kv_tokens_cached", "preempted",
-    "host_s",
+    "host_s", "enqueue_s",
 ]
 """Columns of ``iterations.csv`` (one row per engine iteration; times in seconds from the start).
 
@@ -71,7 +72,10 @@ ITERATION_COLUMNS = [
 ``host_s`` the wall time the engine spent on the iteration outside it (forming the batch in the
 scheduler, mirroring preemptions into the model, building the inputs, applying the outcome, freeing
 finished sequences; for a prefill worker also exporting the KV of the requests handed off), so one
-iteration of the loop costs ``duration_s + host_s``."""
+iteration of the loop costs ``duration_s + host_s``. ``enqueue_s`` is the part of ``duration_s`` the host
+spent issuing the forward pass before it waited for the sampled tokens (``LlamaModel.last_enqueue_s``):
+the whole forward pass on a CPU; on a GPU the kernel launches, so ``enqueue_s`` close to ``duration_s``
+means the iteration was bound by the host's launch rate, not by the GPU's kernels."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +368,7 @@ class EngineCore:
                 "kv_blocks_used": used, "kv_capacity_blocks": kv.capacity_blocks,
                 "kv_tokens_cached": cached, "preempted": bool(batch.preempted),
                 "host_s": (start - t_host) + (self.now() - end),
+                "enqueue_s": float(getattr(model, "last_enqueue_s", end - start)),
             })
         return Iteration(batch, start, end, done.finished, done.handed_off)
 
@@ -383,6 +388,9 @@ class LiveEngine:
 
         self.config = config
         hf = load_model_config(config.model_config)
+        # CPU: keep freed activations in the process rather than page-faulting them in every
+        # iteration (pdsim.live.hostmem); recorded in the manifest.
+        self.host_allocator = retain_freed_memory() if config.device == "cpu" else None
         if check_memory:  # before allocating anything (a disaggregated run checks both workers at once)
             check_fits([("engine", config, hf)])
         try:
@@ -476,6 +484,7 @@ def manifest(config: EngineConfig, *, command: list[str], threads: int, extra: d
         "threads": threads,
         "seed": config.seed,
         "config": asdict(config),
+        "host_allocator": retain_freed_memory() if device == "cpu" else None,
         "command": command,
         **(extra or {}),
     }

@@ -66,6 +66,7 @@ in one iteration) raises ``ValueError`` / ``KeyError`` before any state changes.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -503,10 +504,12 @@ class LlamaModel:
         config: a HF ``config.json`` dict (see ``LlamaConfig.from_hf``).
         dtype: weights, activations and KV dtype (``torch.float32`` default; bf16 / fp16 for GPUs).
         device: torch device (``"cpu"`` default).
-        seed: seed of the weights. They are drawn on the CPU with a ``torch.Generator`` in a fixed order
+        seed: seed of the weights. They are drawn with a ``torch.Generator`` in a fixed order
             (embedding, then per layer qkv, o, gate_up, down, then the LM head) from
-            ``normal(0, initializer_range)`` as HF initialises Llama; norms are ones. So the same seed
-            gives the same weights on every device.
+            ``normal(0, initializer_range)`` as HF initialises Llama; norms are ones. On a CPU the
+            generator is the CPU's; on an accelerator it is the device's own (drawing 8 billion fp32
+            values on a host takes a minute or more, on the device milliseconds). So the same seed gives
+            the same weights on every device of one type (CPU, or one GPU vendor and torch version).
         kv_block_tokens: KV capacity granularity (of a sequence's reservation and of the pool's slot
             capacity), in tokens.
         max_positions: length of the RoPE tables (default ``max_position_embeddings``).
@@ -523,12 +526,12 @@ class LlamaModel:
         self.device = torch.device(device)
         self.seed = seed
         cfg = self.config
-        gen = torch.Generator(device="cpu").manual_seed(seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         std = cfg.initializer_range
 
         def normal(*shape: int) -> torch.Tensor:
-            w = torch.randn(shape, generator=gen, dtype=torch.float32) * std
-            return w.to(device=self.device, dtype=self.dtype)
+            w = torch.randn(shape, generator=gen, dtype=torch.float32, device=self.device) * std
+            return w.to(dtype=self.dtype)
 
         def ones(n: int) -> torch.Tensor:
             return torch.ones(n, dtype=self.dtype, device=self.device)
@@ -559,6 +562,10 @@ class LlamaModel:
         self.kv = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device,
                           block_tokens=kv_block_tokens)
         self._decode_workspace: torch.Tensor | None = None  # reused padded decode KV (see _gather_decode_kv)
+        self.last_enqueue_s = 0.0
+        """Host seconds the last ``step`` took to issue its forward pass, before waiting for the sampled
+        tokens: on a CPU the whole forward pass; on a GPU the time to launch its kernels, so
+        ``last_enqueue_s`` close to the step's wall time means the step was bound by the host."""
         self.decode_fast_path = True
         """Read a decode batch occupying a contiguous slot range in place (False: always gather)."""
         self.decode_path_counts = {"in_place": 0, "gather": 0}
@@ -657,8 +664,16 @@ class LlamaModel:
         Raises:
             ValueError / KeyError: see the module docstring; nothing is changed when raised.
         """
-        ids, logits = self._forward(prefill, decode)
-        return dict(zip(ids, logits.argmax(dim=-1).tolist()))
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            with _sdpa_backends():
+                ids, logits = self._forward(prefill, decode)
+        else:
+            ids, logits = self._forward(prefill, decode)
+        t1 = time.perf_counter()
+        out = dict(zip(ids, logits.argmax(dim=-1).tolist()))  # .tolist() waits for the device
+        self.last_enqueue_s = t1 - t0
+        return out
 
     def step_logits(self, prefill: Sequence[tuple[SeqId, Sequence[int]]] = (),
                     decode: Sequence[tuple[SeqId, int]] = ()) -> dict[SeqId, torch.Tensor]:
@@ -697,6 +712,10 @@ class LlamaModel:
 
         tok_t = torch.tensor(tokens, dtype=torch.long, device=dev)
         pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
+        # the sampled rows, built before the layers are issued: a host-to-device copy made after them would
+        # wait for them on a GPU (last_enqueue_s then measures the launches alone)
+        last = [p.offset + p.length - 1 for p in plans] + [n_prefill_tokens + r for r in row_of]
+        last_t = torch.tensor(last, dtype=torch.long, device=dev)
         cos = self._cos[pos_t].unsqueeze(1)  # [T, 1, head_dim]
         sin = self._sin[pos_t].unsqueeze(1)
         if decode:
@@ -737,9 +756,18 @@ class LlamaModel:
                     pk, pv = past[:, li, 0], past[:, li, 1]
                 pk[dec_rows, :, dec_pos] = kd
                 pv[dec_rows, :, dec_pos] = vd
-                qd = q[n_prefill_tokens:].unsqueeze(2)  # [b, heads, 1, head_dim]
-                od = F.scaled_dot_product_attention(qd, pk, pv, attn_mask=dec_mask, enable_gqa=True)
-                attn[n_prefill_tokens:] = od.squeeze(2)
+                if dev.type == "cpu":  # the call pdsim profile times on a CPU (profile_tools.ops)
+                    qd = q[n_prefill_tokens:].unsqueeze(2)  # [b, heads, 1, head_dim]
+                    od = F.scaled_dot_product_attention(qd, pk, pv, attn_mask=dec_mask, enable_gqa=True)
+                    attn[n_prefill_tokens:] = od.squeeze(2)
+                else:
+                    # One query token per sequence: the query heads that share a KV head become that KV
+                    # head's query rows ([b, kv_heads, heads / kv_heads, head_dim]; HF's repeat_kv maps
+                    # query head h to KV head h // group), so GQA needs no repeated K/V and the key mask
+                    # [b, 1, 1, ctx] broadcasts: GPU kernels that take a mask but not enable_gqa run it.
+                    qd = q[n_prefill_tokens:].view(b, KVH, H // KVH, D)
+                    od = F.scaled_dot_product_attention(qd, pk, pv, attn_mask=dec_mask)
+                    attn[n_prefill_tokens:] = od.reshape(b, H, D)
             h = h + F.linear(attn.view(T, H * D), w.o)
             x = _rms_norm(h, w.post_attention_norm, cfg.rms_norm_eps)
             gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
@@ -751,8 +779,7 @@ class LlamaModel:
         for p in plans:
             self.kv.set_num_tokens(p.seq_id, p.start + p.length)
 
-        last = [p.offset + p.length - 1 for p in plans] + [n_prefill_tokens + r for r in row_of]
-        h_last = h[torch.tensor(last, dtype=torch.long, device=dev)]
+        h_last = h[last_t]
         logits = F.linear(_rms_norm(h_last, self.final_norm, cfg.rms_norm_eps), self.lm_head)
         return seq_ids, logits
 
@@ -851,6 +878,18 @@ class LlamaModel:
         ctx = torch.tensor(lens, device=self.device)
         mask = torch.arange(ctx_max, device=self.device)[None, :] <= ctx[:, None]
         return past, mask.view(len(decode), 1, 1, ctx_max)
+
+
+def _sdpa_backends():
+    """The attention kernels a GPU step may use: flash, memory-efficient and math, not cuDNN's. torch
+    2.11 picks cuDNN attention for the decode call's shapes on an H200, and cuDNN builds a new execution
+    plan for every new key length on the host: 2.4 ms of host time per call, per layer, every decode
+    iteration (measured with torch.profiler on an H200, 2026-12-04; benchmarks/device_h200.sh). An
+    engine with fixed-shape graphs (vLLM's) pays that once; this engine steps shapes that change every
+    iteration."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -47,43 +47,55 @@ def grid_workload(batch_sizes, prompt_lens, output_tokens: int) -> list[pd.DataF
     return out
 
 
-def measure_engine_overhead(engine, latency, *, batch_sizes=DEFAULT_BATCH_SIZES, prompt_lens=DEFAULT_PROMPT_LENS,
-                            output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run the grid on ``engine`` (a ``LiveEngine``) and compare with ``latency`` (an ``OpLevelModel``
-    built with ``iteration_overhead_s = 0``).
-
-    Returns:
-        (summary dict with ``iteration_overhead_s`` and its method, per-iteration frame with columns
-        ``b, prompt_tokens, iteration, cycle_s, duration_s, host_s, predicted_s, overhead_s``).
+def run_grid(engine, *, batch_sizes=DEFAULT_BATCH_SIZES, prompt_lens=DEFAULT_PROMPT_LENS,
+             output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> pd.DataFrame:
+    """Run the grid on ``engine`` (a ``LiveEngine``; torch) and return one row per iteration that has a
+    successor in its grid point: ``b, prompt_tokens, iteration, phase, cycle_s`` and the iteration log's
+    columns (``pdsim.live.engine.ITERATION_COLUMNS``). No latency model is needed, so the grid can be run
+    on a borrowed machine and compared later (``compare_grid``).
 
     Raises:
-        ConfigError: an empty grid, ``output_tokens < 2``, or a latency model that charges an overhead.
+        ConfigError: an empty grid or ``output_tokens < 2``.
     """
-    from pdsim.latency.base import BatchShape
+    from pdsim.live.engine import ITERATION_COLUMNS
 
     if output_tokens < 2 or not batch_sizes or not prompt_lens:
         raise ConfigError(f"the grid needs batch sizes, prompt lengths and output_tokens >= 2, got "
                           f"{batch_sizes}, {prompt_lens}, {output_tokens}")
+    frames = []
+    for wl in grid_workload(batch_sizes, prompt_lens, output_tokens):
+        its = engine.run(wl).iterations_frame()
+        starts = its["start_s"].to_numpy(dtype=float)
+        its = its.iloc[:-1].copy()  # the last iteration of a point has no successor
+        its.insert(0, "cycle_s", starts[1:] - starts[:-1])
+        its.insert(0, "phase", np.where(its["prefill_seqs"].to_numpy() > 0, "prefill", "decode"))
+        its.insert(0, "prompt_tokens", int(wl["prompt_tokens"].iloc[0]))
+        its.insert(0, "b", len(wl))
+        frames.append(its)
+    cols = ["b", "prompt_tokens", "phase", "cycle_s", *ITERATION_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def compare_grid(grid: pd.DataFrame, latency, *, engine_config: dict | None = None,
+                 load_before=None, load_after=None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Compare a ``run_grid`` frame with ``latency`` (an ``OpLevelModel`` with
+    ``iteration_overhead_s = 0``): per iteration ``predicted_s`` and ``overhead_s = cycle_s -
+    predicted_s``, and the summary (see the module docstring). No torch.
+
+    Raises:
+        ConfigError: a latency model that charges an overhead, or an empty grid.
+    """
+    from pdsim.latency.base import BatchShape
+
     if getattr(latency, "iteration_overhead_s", 0.0) != 0.0:
         raise ConfigError("measure against a latency model with iteration_overhead_s = 0")
-    rows = []
-    load_before = os.getloadavg()
-    for wl in grid_workload(batch_sizes, prompt_lens, output_tokens):
-        res = engine.run(wl)
-        its = res.iterations_frame()
-        starts = its["start_s"].to_numpy(dtype=float)
-        for i, r in enumerate(its.itertuples(index=False)):
-            if i + 1 >= len(its):
-                break
-            pred = latency.iteration_s(BatchShape(int(r.prefill_tokens), int(r.prefill_seqs), int(r.decode_seqs),
-                                                  int(r.decode_context_tokens)))
-            cycle = starts[i + 1] - starts[i]
-            rows.append({"b": len(wl), "prompt_tokens": int(wl["prompt_tokens"].iloc[0]), "iteration": i,
-                         "phase": "prefill" if r.prefill_seqs else "decode", "cycle_s": cycle,
-                         "duration_s": float(r.duration_s), "host_s": float(r.host_s), "predicted_s": pred,
-                         "overhead_s": cycle - pred})
-    load_after = os.getloadavg()
-    df = pd.DataFrame(rows)
+    if grid.empty:
+        raise ConfigError("the grid frame holds no iteration")
+    df = grid.copy()
+    df["predicted_s"] = [latency.iteration_s(BatchShape(int(r.prefill_tokens), int(r.prefill_seqs),
+                                                        int(r.decode_seqs), int(r.decode_context_tokens)))
+                         for r in df.itertuples(index=False)]
+    df["overhead_s"] = df["cycle_s"] - df["predicted_s"]
     summary = {
         "iteration_overhead_s": float(df["overhead_s"].median()),
         "method": ("median over a synthetic closed-loop grid of (engine loop cycle - op-level prediction of the "
@@ -95,9 +107,79 @@ def measure_engine_overhead(engine, latency, *, batch_sizes=DEFAULT_BATCH_SIZES,
         "overhead_prefill_median_s": float(df.loc[df["phase"] == "prefill", "overhead_s"].median()),
         "host_outside_step_median_s": float(df["host_s"].median()),
         "inside_step_beyond_kernels_median_s": float((df["duration_s"] - df["predicted_s"]).median()),
-        "grid": {"batch_sizes": list(batch_sizes), "prompt_lens": list(prompt_lens), "output_tokens": output_tokens},
-        "engine": asdict(engine.config),
-        "load_average_before": list(load_before), "load_average_after": list(load_after),
+        "grid": {"batch_sizes": sorted(int(b) for b in df["b"].unique()),
+                 "prompt_lens": sorted(int(p) for p in df["prompt_tokens"].unique())},
+        "engine": engine_config,
+        "load_average_before": None if load_before is None else list(load_before),
+        "load_average_after": None if load_after is None else list(load_after),
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_floor_model": fit_host_floor(df),
     }
+    return summary, df
+
+
+def fit_host_floor(df: pd.DataFrame) -> dict[str, Any]:
+    """The host-floor parameters of ``pdsim.latency.oplevel`` ("Host floor") from a compared grid frame
+    (columns ``duration_s``, ``host_s``, ``predicted_s``, ``prefill_seqs``).
+
+    An engine that launches every kernel from the host runs an iteration's step in
+    ``max(kernels, floor_s + per_prefill_seq_s x prefill_seqs)``, and spends ``host_s`` outside the step.
+    ``iteration_overhead_s`` is the median ``host_s`` (measured directly); ``host_floor_s`` and
+    ``host_floor_per_prefill_seq_s`` minimise the summed absolute log error of that max against the
+    measured step times (``duration_s``), by Nelder-Mead from (median step time of pure decodes, 0), with
+    both held >= 0. The errors of the fitted model over the grid are returned with it.
+    """
+    from scipy.optimize import minimize
+
+    dur = df["duration_s"].to_numpy(dtype=float)
+    pred = df["predicted_s"].to_numpy(dtype=float)
+    seqs = df["prefill_seqs"].to_numpy(dtype=float)
+    decode = seqs == 0
+    a0 = float(np.median(dur[decode])) if decode.any() else float(np.median(dur))
+
+    def model(x) -> np.ndarray:
+        return np.maximum(pred, abs(x[0]) + abs(x[1]) * seqs)
+
+    def loss(x) -> float:
+        return float(np.abs(np.log(model(x)) - np.log(dur)).sum())
+
+    res = minimize(loss, x0=[a0, 0.0], method="Nelder-Mead",
+                   options={"xatol": 1e-7, "fatol": 1e-9, "maxiter": 4000})
+    floor_s, per_seq_s = abs(float(res.x[0])), abs(float(res.x[1]))
+    rel = model(res.x) / dur - 1.0
+    kernels_rel = pred / dur - 1.0
+    return {
+        "iteration_overhead_s": float(df["host_s"].median()),
+        "host_floor_s": floor_s,
+        "host_floor_per_prefill_seq_s": per_seq_s,
+        "step_abs_error_median": float(np.median(np.abs(rel))),
+        "step_abs_error_p90": float(np.percentile(np.abs(rel), 90)),
+        "kernels_only_abs_error_median": float(np.median(np.abs(kernels_rel))),
+        "host_bound_share": float(np.mean(floor_s + per_seq_s * seqs > pred)),
+        "method": ("step time = max(profiled kernels, host_floor_s + host_floor_per_prefill_seq_s x prefill_seqs), "
+                   "fitted on the grid's step times (least absolute log error, Nelder-Mead); iteration_overhead_s = "
+                   "median engine time outside the step; pdsim.live.overhead.fit_host_floor"),
+    }
+
+
+def measure_engine_overhead(engine, latency, *, batch_sizes=DEFAULT_BATCH_SIZES, prompt_lens=DEFAULT_PROMPT_LENS,
+                            output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run the grid on ``engine`` (a ``LiveEngine``) and compare with ``latency`` (an ``OpLevelModel``
+    built with ``iteration_overhead_s = 0``): ``run_grid`` then ``compare_grid``.
+
+    Returns:
+        (summary dict with ``iteration_overhead_s`` and its method, per-iteration frame with columns
+        ``b, prompt_tokens, phase, cycle_s``, the iteration log's, ``predicted_s, overhead_s``).
+
+    Raises:
+        ConfigError: an empty grid, ``output_tokens < 2``, or a latency model that charges an overhead.
+    """
+    if getattr(latency, "iteration_overhead_s", 0.0) != 0.0:
+        raise ConfigError("measure against a latency model with iteration_overhead_s = 0")
+    load_before = os.getloadavg()
+    grid = run_grid(engine, batch_sizes=batch_sizes, prompt_lens=prompt_lens, output_tokens=output_tokens)
+    load_after = os.getloadavg()
+    summary, df = compare_grid(grid, latency, engine_config=asdict(engine.config), load_before=load_before,
+                               load_after=load_after)
+    summary["grid"]["output_tokens"] = output_tokens
     return summary, df

@@ -16,6 +16,7 @@ the op-level model gets ``gpu=None`` (no datasheet roofline fallbacks).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -58,8 +59,10 @@ def read_run_dir(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None
     return man, req, tokens
 
 
-def find_cpu_profile(threads: int | None, name: str | None):
-    """The profile named ``name``, else the CPU profile measured with ``threads`` threads. Raises ConfigError."""
+def find_cpu_profile(threads: int | None, name: str | None, *, gpu_device_name: str | None = None):
+    """The profile named ``name``; else, for a run on a GPU (``gpu_device_name``, as torch names it), the
+    measured profile of that device; else the CPU profile measured with ``threads`` threads. Raises
+    ConfigError."""
     from pdsim.errors import ProfileError
     from pdsim.profiles.format import find_profile, list_profile_dirs, load_profile
 
@@ -68,6 +71,16 @@ def find_cpu_profile(threads: int | None, name: str | None):
             return find_profile(name)
         except ProfileError as exc:
             raise ConfigError(str(exc)) from None
+    if gpu_device_name is not None:
+        for d in list_profile_dirs():
+            try:
+                p = load_profile(d)
+            except PdsimError:
+                continue
+            if p.meta.device_type != "cpu" and p.meta.source_kind == "measured" and p.meta.device_name == gpu_device_name:
+                return p
+        raise ConfigError(f"no measured profile of {gpu_device_name!r} under the profile search roots; measure one "
+                          "with `pdsim profile --device cuda` or give --profile")
     if threads is None:
         raise ConfigError("the run's manifest records no thread count (a replay run): give --profile")
     matches = []
@@ -149,65 +162,81 @@ class MeasuredLink:
 def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_num_batched_tokens: int,
                max_num_seqs: int, block_size: int, kv_capacity_blocks: int, watermark_fraction: float,
                iteration_overhead_s: float = 0.0, decode: dict[str, Any] | None = None,
-               link: MeasuredLink | None = None):
-    """A ``DeploymentPlan`` on a CPU with the op-level model (gpu=None): one colocated instance, or with
+               link: MeasuredLink | None = None, host_floor: tuple[float, float] = (0.0, 0.0)):
+    """A ``DeploymentPlan`` on the profile's device with the op-level model: one colocated instance, or with
     ``decode`` (that worker's knobs: the same keys as the arguments, ``profile`` included) and ``link``
     one prefill instance (the arguments' knobs) and one decode instance. Returns (plan, the first
-    pool's latency model)."""
+    pool's latency model). ``host_floor``: (``host_floor_s``, ``host_floor_per_prefill_seq_s``) of the
+    op-level model (``pdsim.latency.oplevel``, "Host floor")."""
     from pdsim.models.arch import dtype_bytes
     from pdsim.sim.plan import DeploymentPlan
 
     if decode is None:
         pool, latency = _cpu_pool("colocated", model_config, model_name, dtype, profile, max_num_batched_tokens,
-                                  max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s)
+                                  max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
+                                  host_floor)
         spec = latency.model
         return DeploymentPlan("sim", "colocated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pool,), None), latency
     if link is None:
         raise ConfigError("a disaggregated plan needs a KV link")
     pre, latency = _cpu_pool("prefill", model_config, model_name, dtype, profile, max_num_batched_tokens,
-                             max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s)
+                             max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
+                             host_floor)
     d = decode
     dec, _ = _cpu_pool("decode", model_config, model_name, dtype, d["profile"], d["max_num_batched_tokens"],
                        d["max_num_seqs"], d["block_size"], d["kv_capacity_blocks"], d["watermark_fraction"],
-                       iteration_overhead_s)
+                       iteration_overhead_s, host_floor)
     spec = latency.model
     return DeploymentPlan("sim", "disaggregated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pre, dec),
                           link), latency
 
 
 def _cpu_pool(role, model_config, model_name, dtype, profile, max_num_batched_tokens, max_num_seqs, block_size,
-              kv_capacity_blocks, watermark_fraction, iteration_overhead_s):
-    """One single-instance pool of ``role`` on a CPU profile, and its op-level latency model."""
+              kv_capacity_blocks, watermark_fraction, iteration_overhead_s, host_floor=(0.0, 0.0)):
+    """One single-instance pool of ``role`` on the profile's device, and its op-level latency model: a CPU
+    (gpu=None: no datasheet fallbacks; the host memory, price 0), or the catalog GPU a GPU profile was
+    measured on (its datasheet serves the roofline fallbacks; price 0: a validation is not costed)."""
     from pdsim.config.schema import OpLevelLatency, PoolConfig, SchedulerConfig
-    from pdsim.hardware.gpus import GpuSpec
+    from pdsim.hardware.gpus import GpuSpec, load_gpu_catalog
     from pdsim.latency.oplevel import OpLevelModel
     from pdsim.models.arch import dtype_bytes, model_from_hf_config
     from pdsim.sim.plan import PoolPlan
 
     spec = model_from_hf_config(model_name, model_config, where="model config")
     nan = float("nan")
-    cpu = GpuSpec(name=f"cpu:{profile.meta.device_name}", vendor=profile.meta.vendor,
-                  memory_bytes=int(profile.meta.memory_bytes or 0), mem_bw_bytes_per_s=nan, bf16_dense_flops=nan,
-                  fp8_dense_flops=nan, intra_node_gbps_unidir=nan, tdp_w=nan, price_usd_per_hour=0.0)
-    latency = OpLevelModel([profile], spec, tp=1, pp=1, dtype=dtype, gpu=None,
-                           iteration_overhead_s=float(iteration_overhead_s))
+    catalog = load_gpu_catalog()
+    if profile.meta.device_type != "cpu" and profile.meta.gpu in catalog:
+        device = dataclasses.replace(catalog[profile.meta.gpu], price_usd_per_hour=0.0)
+        gpu = device
+    else:
+        device = GpuSpec(name=f"cpu:{profile.meta.device_name}", vendor=profile.meta.vendor,
+                         memory_bytes=int(profile.meta.memory_bytes or 0), mem_bw_bytes_per_s=nan, bf16_dense_flops=nan,
+                         fp8_dense_flops=nan, intra_node_gbps_unidir=nan, tdp_w=nan, price_usd_per_hour=0.0)
+        gpu = None
+    floor_s, floor_seq_s = (float(v) for v in host_floor)
+    latency = OpLevelModel([profile], spec, tp=1, pp=1, dtype=dtype, gpu=gpu,
+                           iteration_overhead_s=float(iteration_overhead_s), host_floor_s=floor_s,
+                           host_floor_per_prefill_seq_s=floor_seq_s)
+    cpu = device
 
     class _CpuPoolPlan(PoolPlan):
-        def build_latency(self):  # gpu=None: the op-level model of a CPU profile
+        def build_latency(self):  # the model built above (a CPU is not in the catalog)
             return latency.fresh()
 
     sched = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                             block_size=block_size, watermark_fraction=watermark_fraction)
     cfg = PoolConfig(gpu=cpu.name, instances=1,
                      latency=OpLevelLatency(kind="op_level", profile=str(profile.path), dtype=dtype,
-                                            iteration_overhead_s=float(iteration_overhead_s)))
+                                            iteration_overhead_s=float(iteration_overhead_s),
+                                            host_floor_s=floor_s, host_floor_per_prefill_seq_s=floor_seq_s))
     nbytes = dtype_bytes(dtype)
     pool = _CpuPoolPlan(
         role=role, config=cfg, gpu=cpu, tp=1, pp=1, instances=1, scheduler=sched,
         capacity_blocks=kv_capacity_blocks, weight_bytes_per_gpu=spec.weight_bytes_per_gpu(1, 1, nbytes),
         activation_bytes_per_gpu=0, kv_bytes_per_token_per_gpu=spec.kv_bytes_per_token_per_gpu(1, 1, nbytes),
         price_usd_per_gpu_hour=0.0,
-        latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None, float(iteration_overhead_s), "auto"),
+        latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None, float(iteration_overhead_s), "auto",
+                        (floor_s, floor_seq_s)),
         latency_source_kinds=(profile.meta.source_kind,))
     return pool, latency
 
@@ -325,6 +354,7 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     if not (overhead_s >= 0 and math.isfinite(overhead_s)):
         raise ConfigError(f"--iteration-overhead-s must be a finite number >= 0, got {overhead_s}")
     overhead_source = overrides.pop("iteration_overhead_source", None)
+    host_floor = tuple(overrides.pop("host_floor", (0.0, 0.0)))
     man, live, tokens = read_run_dir(live_run)
     kind = man["kind"]
     mode = man.get("mode", "colocated") if kind == "live" else "colocated"
@@ -342,9 +372,11 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     knobs.update({k: engine[k] for k in knobs if k in engine})
     if knobs["kv_capacity_blocks"] is None:
         raise ConfigError(f"{live_run / 'manifest.json'}: config.kv_capacity_blocks missing")
-    prof = find_cpu_profile(None if threads is None else int(threads), profile)
-    if prof.meta.device_type != "cpu":
-        echo(f"warning: profile {prof.name} is a {prof.meta.device_type} profile, not a CPU one")
+    device = str(man.get("device", "cpu"))
+    prof = find_cpu_profile(None if threads is None else int(threads), profile,
+                            gpu_device_name=None if device == "cpu" else man.get("device_name"))
+    if (prof.meta.device_type == "cpu") != (device == "cpu"):
+        echo(f"warning: profile {prof.name} is a {prof.meta.device_type} profile; the live run ran on {device}")
     mc_path = knobs["model_config"]
     model_cfg = load_model_config(mc_path)
     model_name = Path(mc_path).stem if mc_path else "pdsim-tiny-llama"
@@ -362,7 +394,7 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         max_num_batched_tokens=int(knobs["max_num_batched_tokens"]), max_num_seqs=int(knobs["max_num_seqs"]),
         block_size=int(knobs["block_size"]), kv_capacity_blocks=int(knobs["kv_capacity_blocks"]),
         watermark_fraction=float(knobs["watermark_fraction"]), iteration_overhead_s=overhead_s,
-        decode=decode, link=link)
+        decode=decode, link=link, host_floor=host_floor)
 
     live = live.sort_values(["arrival_s", "request_id"]).reset_index(drop=True)
     t0 = float(live["arrival_s"].min())
@@ -437,8 +469,9 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         f"{int(summary.iloc[0]['preemptions'])} preemptions, "
         f"{' + '.join(str(int(i)) for i in result.instances['iterations'])} iterations "
         f"({' + '.join(result.instances['role'])}), {out_of_range} out-of-range latency lookups.",
-        f"- Profile: `{prof.name}` ({prof.path}), source kind {prof.meta.source_kind}, device type "
-        f"{prof.meta.device_type}, {prof.meta.num_threads} threads, mode {prof.meta.mode}.",
+        f"- Profile: `{prof.name}` ({_shown(prof.path)}), source kind {prof.meta.source_kind}, device type "
+        f"{prof.meta.device_type}" + (f", {prof.meta.num_threads} threads" if prof.meta.num_threads else "")
+        + f", mode {prof.meta.mode}.",
         f"- Model: {model_name} ({mc_path or 'packaged tiny Llama'}), dtype {knobs['dtype']}; scheduler: "
         f"max_num_batched_tokens {knobs['max_num_batched_tokens']}, max_num_seqs {knobs['max_num_seqs']}, "
         f"block_size {knobs['block_size']}, KV capacity {knobs['kv_capacity_blocks']} blocks, "
@@ -450,6 +483,10 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
          f"- `iteration_overhead_s = {overhead_s * 1e3:.3f} ms` charged per iteration on top of the profiled "
          f"kernels (the engine's host time, measured independently of this run: {overhead_source or 'given'}); "
          "nothing here is fitted to the live run."),
+        *([f"- Host floor: every iteration takes at least {host_floor[0] * 1e3:.2f} ms + "
+           f"{host_floor[1] * 1e3:.2f} ms per prefilled request (the engine's host time to issue it; "
+           "pdsim.latency.oplevel, \"Host floor\"), measured on the engine's synthetic grid, not on this run."]
+          if any(host_floor) else []),
         *overhead_lines,
         *([transfer_line] if transfer_line else []),
         f"- Plots: {', '.join(plots)}.", "",
@@ -458,17 +495,37 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     return cmp
 
 
-def _overhead_option(value_s: float, path: Path | None) -> dict[str, Any]:
-    """``iteration_overhead_s`` and where it came from: the option, or a measurement file (ConfigError if
-    unreadable)."""
+def _shown(path: Path) -> str:
+    """A path relative to the working directory where it lies below it (reports stay portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _overhead_option(value_s: float, path: Path | None, model: str = "additive") -> dict[str, Any]:
+    """``iteration_overhead_s`` (and with ``model == "host_floor"`` the host floor) and where they came
+    from: the option, or a measurement file written by ``pdsim.live.overhead`` (ConfigError if unreadable
+    or without the asked-for model)."""
+    if model not in ("additive", "host_floor"):
+        raise ConfigError(f"--overhead-model must be additive or host_floor, got {model!r}")
     if path is None:
+        if model == "host_floor":
+            raise ConfigError("--overhead-model host_floor needs --overhead-file (a grid measurement with host_floor_model)")
         return {"iteration_overhead_s": value_s, "iteration_overhead_source": "--iteration-overhead-s"}
     try:
         data = json.loads(Path(path).read_text())
-        v = float(data["iteration_overhead_s"])
+        block = data if model == "additive" else data["host_floor_model"]
+        v = float(block["iteration_overhead_s"])
+        floor = (float(block["host_floor_s"]), float(block["host_floor_per_prefill_seq_s"])) if model == "host_floor" else None
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--overhead-file {path}: need a JSON object with a number iteration_overhead_s ({exc})") from None
-    return {"iteration_overhead_s": v, "iteration_overhead_source": f"{path} ({data.get('method', 'no method recorded')})"}
+        need = "iteration_overhead_s" if model == "additive" else "host_floor_model.{iteration_overhead_s, host_floor_s, host_floor_per_prefill_seq_s}"
+        raise ConfigError(f"--overhead-file {path}: need a JSON object with numbers {need} ({exc})") from None
+    out = {"iteration_overhead_s": v,
+           "iteration_overhead_source": f"{path} ({block.get('method', data.get('method', 'no method recorded'))})"}
+    if floor is not None:
+        out["host_floor"] = floor
+    return out
 
 
 def validate_command(
@@ -485,7 +542,8 @@ def validate_command(
     watermark_fraction: Annotated[Optional[float], typer.Option("--watermark-fraction", help="Engine knob (replay runs; overrides the manifest).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Threads of the server (picks the CPU profile; replay runs).")] = None,
     iteration_overhead_s: Annotated[float, typer.Option("--iteration-overhead-s", help="Per-iteration engine host time charged by the op-level model (s), measured independently (benchmarks/measure_cpu_iterations.py --engine-overhead). Default 0.")] = 0.0,
-    overhead_file: Annotated[Optional[Path], typer.Option("--overhead-file", help="JSON written by benchmarks/measure_cpu_iterations.py --engine-overhead: its iteration_overhead_s is used (instead of --iteration-overhead-s).")] = None,
+    overhead_file: Annotated[Optional[Path], typer.Option("--overhead-file", help="JSON written by benchmarks/measure_cpu_iterations.py --engine-overhead or benchmarks/compare_grid.py: its iteration_overhead_s is used (instead of --iteration-overhead-s).")] = None,
+    overhead_model: Annotated[str, typer.Option("--overhead-model", help="additive (iteration_overhead_s on top of the kernels) or host_floor (the file's host_floor_model: an iteration takes at least the host's time to issue it; for GPU engines that launch every kernel from Python).")] = "additive",
 ) -> None:
     """Simulate the requests of a live / replay run on the same deployment (op-level model on a CPU
     profile) and compare TTFT, TPOT, ITL and E2E percentiles; writes comparison.csv, report.md, plots.
@@ -507,7 +565,7 @@ def validate_command(
             "model_config": model_config, "dtype": dtype, "max_num_batched_tokens": max_num_batched_tokens,
             "max_num_seqs": max_num_seqs, "block_size": block_size, "kv_capacity_blocks": kv_capacity_blocks,
             "watermark_fraction": watermark_fraction, "threads": threads,
-            **_overhead_option(iteration_overhead_s, overhead_file)})
+            **_overhead_option(iteration_overhead_s, overhead_file, overhead_model)})
     except PdsimError as exc:
         opts.fail(str(exc))
     typer.echo(format_table(cmp))
