@@ -2,15 +2,26 @@
 # The checks a GPU-lent session runs on its borrowed machine, in one call (the device tool of the
 # workplace: one short, prepared script; every stage bounded in time; whatever finished comes back).
 #
-#   OUT=/some/dir DEADLINE_S=520 bash benchmarks/device_h200.sh
+#   OUT=/some/dir DEADLINE_S=520 [STAGES=grid,live_x2,profile,live_x4] bash benchmarks/device_h200.sh
 #
-# Stages (each one's log in $OUT/<stage>.log; a failing stage does not stop the others):
-#   1. grid:     the live engine's overhead grid at Llama-3.1-8B shapes, bf16 (benchmarks/engine_grid.py)
-#   2. live_x2:  `pdsim live`, 300 requests of the Azure conversation trace at twice its rate
-#   3. profile:  `pdsim profile --device cuda`, Llama-3.1-8B and -70B shard shapes at TP 1/2/4/8, bf16 and
-#                fp8, full grid, within the time left (--time-budget-s)
-#   4. live_x4:  the same trace at four times its rate, if time is left
-# Then everything is packed into $OUT/device_results.tgz (runs/ and the profile directory).
+# As run on 2026-12-04 through the device tool (pdsim's own dependencies missing there travel as wheels
+# in an ignored .whl/ folder: pydantic, pydantic-core, annotated-types, typing-extensions,
+# typing-inspection, simpy, for the machine's Python 3.12):
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD;
+#   OUT=$OUT DEADLINE_S=530 bash benchmarks/device_h200.sh
+#
+# Stages (each one's log in $OUT/<stage>.log; a failing or timed-out stage does not stop the others):
+#   grid:     the live engine's overhead grid at Llama-3.1-8B shapes, bf16 (benchmarks/engine_grid.py)
+#   live_x2:  `pdsim live`, 300 requests of the Azure conversation trace at twice its rate
+#   profile:  `pdsim profile --device cuda`, Llama-3.1-8B and -70B shard shapes at TP 1/2/4/8, bf16 and
+#             fp8, full grid, within the time left (--time-budget-s)
+#   live_x4:  the same trace at four times its rate, with the time left
+# Then the run directories (results/device/) and the profile are packed into $OUT/device_results.tgz.
+# DEVICE=cpu DTYPE=fp32 MODEL=pdsim/data/model_configs/pdsim-tiny-llama.json MAX_REQUESTS=20 runs the
+# same stages here, small, to check the script before spending device time.
+# On 2026-12-04 the x2 replay outran its 110 s (the engine then used cuDNN attention, 60 ms per decode
+# step); the engine's host speed also drifted between the grid and the replays (docs/live.md, "On a
+# GPU"): a next session should interleave grid points and replays.
 # Needs: torch with CUDA, and pdsim's dependencies importable (PYTHONPATH); run from the repository root.
 set -u
 OUT=${OUT:?set OUT to the output folder}
@@ -18,7 +29,7 @@ DEADLINE_S=${DEADLINE_S:-520}
 PROFILE_NAME=${PROFILE_NAME:-h200_sxm-measured}
 T0=$(date +%s)
 left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
-mkdir -p "$OUT/runs"
+mkdir -p "$OUT"
 WORK=results/device
 mkdir -p "$WORK"
 MODEL=${MODEL:-pdsim/data/model_configs/llama-3.1-8b-shapes.json}

@@ -70,6 +70,8 @@ def check_result(result, workload, capacity_blocks, block_size):
     assert (it["kv_blocks_used"] <= capacity_blocks).all()
     assert (it["kv_tokens_cached"] <= capacity_blocks * block_size).all()
     assert (it["start_s"].diff().dropna() > 0).all()
+    # the host's issue time of the forward pass is part of the step (all of it, on a CPU, but the sampling)
+    assert (it["enqueue_s"] > 0).all() and (it["enqueue_s"] <= it["duration_s"]).all()
 
 
 def test_real_time_replay_completes_every_request(small_cfg_path):

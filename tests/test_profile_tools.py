@@ -315,3 +315,37 @@ def test_host_load_meter_only_reports_what_it_can_resolve():
     assert meter.contended(0.3, 1.0) and not meter.contended(0.05, 1.0)
     assert not meter.contended(0.4, 0.02)  # within rounding noise of a 20 ms interval
     assert meter.contended(0.9, 0.02)
+
+
+def test_time_budget_shares_follow_the_weights_and_pass_unused_time_on():
+    from profile_tools.runner import TABLE_BUDGET_WEIGHTS, table_deadline
+
+    tables = ("gemm", "attention_prefill", "memcpy")
+    total = sum(TABLE_BUDGET_WEIGHTS[t] for t in tables)
+    assert table_deadline(tables, 0, 100.0, None, 100.0) is None
+    first = table_deadline(tables, 0, 100.0, 60.0, 100.0)
+    assert first == pytest.approx(100.0 + 60.0 * TABLE_BUDGET_WEIGHTS["gemm"] / total)
+    # the first table finished early, at t = 110: the 50 s left are shared by the two remaining tables
+    second = table_deadline(tables, 1, 100.0, 60.0, 110.0)
+    rest = TABLE_BUDGET_WEIGHTS["attention_prefill"] + TABLE_BUDGET_WEIGHTS["memcpy"]
+    assert second == pytest.approx(110.0 + 50.0 * TABLE_BUDGET_WEIGHTS["attention_prefill"] / rest)
+    # the budget is spent: the last table gets no time
+    assert table_deadline(tables, 2, 100.0, 60.0, 170.0) == pytest.approx(170.0)
+
+
+def test_a_spent_time_budget_skips_points_and_says_so(tmp_path):
+    out = tmp_path / "budget"
+    result = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--tables", "gemm,elementwise",
+                                 "--time-budget-s", "0.3", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    profile = load_profile(out)
+    notes = profile.meta.notes
+    assert "time budget spent" in notes and "--time-budget-s 0.3" in profile.meta.command
+    full = build_plan("cpu", "quick", [resolve_model(str(tiny_model_path()))], [1], ["fp32"])
+    measured = sum(len(profile.table(t)) for t in profile.meta.tables)
+    assert 0 < measured < len(full.gemm_m) * len(full.gemm_shapes) + len(full.elementwise_tokens) * len(full.elementwise_cases)
+
+
+def test_a_bad_time_budget_is_a_user_error(tmp_path):
+    result = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--time-budget-s", "0", "--out", str(tmp_path / "x")])
+    assert_user_error(result, "--time-budget-s must be > 0")
