@@ -38,13 +38,15 @@ CONFIG = ROOT / "pdsim/data/model_configs/pdsim-tiny-llama.json"
 MEASURED = ROOT / "benchmarks/results/cpu_iterations.csv"
 
 
-def default_cpu_profile(threads: set[int]):
-    """The first CPU profile under the search roots measured with the measurement's thread count."""
+def default_cpu_profile(threads: set[int], cpu_names: set[str]):
+    """The first CPU profile under the search roots measured with the measurement's thread count on the
+    measurement's CPU model (``cpu_name``)."""
     cpus = [p for p in map(load_profile, list_profile_dirs()) if p.meta.device_type == "cpu"]
-    matching = [p for p in cpus if {p.meta.num_threads} == threads]
+    matching = [p for p in cpus if {p.meta.num_threads} == threads and {p.meta.device_name} == cpu_names]
     if not matching:
-        raise SystemExit(f"no CPU profile measured with {sorted(threads)} torch thread(s) among "
-                         f"{[p.name for p in cpus]}: run `pdsim profile --device cpu --threads N --out gpu_profiles/cpu-NAME` first")
+        raise SystemExit(f"no CPU profile measured on {sorted(cpu_names)} with {sorted(threads)} torch thread(s) among "
+                         f"{[(p.name, p.meta.device_name, p.meta.num_threads) for p in cpus]}: run "
+                         "`pdsim profile --device cpu --threads N --out gpu_profiles/cpu-NAME` first")
     return matching[0]
 
 
@@ -83,7 +85,7 @@ def main() -> None:
     else:
         measured = pd.read_csv(args.measured)
     threads = set(measured.num_threads)
-    profile = find_profile(args.profile) if args.profile else default_cpu_profile(threads)
+    profile = find_profile(args.profile) if args.profile else default_cpu_profile(threads, set(measured.cpu_name))
     if profile.meta.num_threads is not None and threads != {profile.meta.num_threads}:
         raise SystemExit(f"thread counts differ: profile {profile.meta.num_threads}, measurement {sorted(threads)}")
     errors, lm = compare(profile, measured)

@@ -461,7 +461,6 @@ class LiveEngine:
 
 def manifest(config: EngineConfig, *, command: list[str], threads: int, extra: dict[str, Any] | None = None) -> dict:
     """The run's manifest: device, torch version, threads, config, command, seed."""
-    import platform
     import sys
 
     import torch
@@ -471,8 +470,10 @@ def manifest(config: EngineConfig, *, command: list[str], threads: int, extra: d
     device = config.device
     if device.startswith("cuda") and torch.cuda.is_available():
         device_name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        device_name = platform.processor() or platform.machine()
+    else:  # the CPU's model name, as pdsim profile records it (so pdsim validate picks the same CPU's profile)
+        from profile_tools.device import cpu_vendor_and_name
+
+        device_name = cpu_vendor_and_name()[1]
     return {
         "kind": "live",
         "mode": "colocated",

@@ -6,12 +6,14 @@ decode instance, each with its worker's knobs and the CPU profile of the worker'
 by ``MeasuredLink``: the profile's measured gloo ``send_recv`` table (the transport the engine uses).
 Otherwise the simulated deployment is one colocated instance with the live run's scheduler knobs
 (``max_num_batched_tokens``, ``max_num_seqs``, ``block_size``, the KV capacity in blocks exactly as the
-engine had it, ``watermark_fraction``) and the op-level latency model on a CPU profile (default: the
-profile under the search roots whose ``device_type`` is ``cpu`` and whose ``num_threads`` equals the live
-run's threads) for the live run's model config and dtype, ``iteration_overhead_s`` as given (default 0; see
-``docs/live.md`` for how it is measured, independently of the validation run). The plan is built
-in code: a CPU is not in ``gpu_specs.csv``, so its ``GpuSpec`` carries the host memory and price 0, and
-the op-level model gets ``gpu=None`` (no datasheet roofline fallbacks).
+engine had it, ``watermark_fraction``) and the op-level latency model on a profile of the run's device
+(``find_cpu_profile``: for a CPU run the CPU profile of the run's thread count, of the run's CPU model
+where one exists; for a GPU run the measured profile of that GPU) for the live run's model config and
+dtype, ``iteration_overhead_s`` as given (default 0; see ``docs/live.md`` for how it is measured,
+independently of the validation run) and, with ``--overhead-model host_floor``, the engine's host floor
+(``pdsim.latency.oplevel``). The plan is built in code: a CPU is not in ``gpu_specs.csv``, so its
+``GpuSpec`` carries the host memory and price 0, and the op-level model gets ``gpu=None`` (no datasheet
+roofline fallbacks); a GPU profile's catalog GPU serves its datasheet fallbacks.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ def read_run_dir(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None
     return man, req, tokens
 
 
-def find_cpu_profile(threads: int | None, name: str | None, *, gpu_device_name: str | None = None):
+def find_cpu_profile(threads: int | None, name: str | None, *, gpu_device_name: str | None = None,
+                     cpu_name: str | None = None):
     """The profile named ``name``; else, for a run on a GPU (``gpu_device_name``, as torch names it), the
-    measured profile of that device; else the CPU profile measured with ``threads`` threads. Raises
+    measured profile of that device; else the CPU profile measured with ``threads`` threads, of the CPU
+    model ``cpu_name`` (as ``/proc/cpuinfo`` names it) when one is given and such a profile exists (a
+    profile of another CPU model is taken only when none of this one exists; ``validate`` warns). Raises
     ConfigError."""
     from pdsim.errors import ProfileError
     from pdsim.profiles.format import find_profile, list_profile_dirs, load_profile
@@ -94,7 +99,8 @@ def find_cpu_profile(threads: int | None, name: str | None, *, gpu_device_name: 
     if not matches:
         raise ConfigError(f"no CPU profile with num_threads {threads} under the profile search roots; measure one "
                           "with `pdsim profile --device cpu` or give --profile")
-    return matches[0]
+    same_cpu = [p for p in matches if cpu_name is not None and p.meta.device_name == cpu_name]
+    return (same_cpu or matches)[0]
 
 
 # -- the simulated deployment ---------------------------------------------------------------------------
@@ -172,18 +178,18 @@ def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_
     from pdsim.sim.plan import DeploymentPlan
 
     if decode is None:
-        pool, latency = _cpu_pool("colocated", model_config, model_name, dtype, profile, max_num_batched_tokens,
+        pool, latency = _instance_pool("colocated", model_config, model_name, dtype, profile, max_num_batched_tokens,
                                   max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
                                   host_floor)
         spec = latency.model
         return DeploymentPlan("sim", "colocated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pool,), None), latency
     if link is None:
         raise ConfigError("a disaggregated plan needs a KV link")
-    pre, latency = _cpu_pool("prefill", model_config, model_name, dtype, profile, max_num_batched_tokens,
+    pre, latency = _instance_pool("prefill", model_config, model_name, dtype, profile, max_num_batched_tokens,
                              max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
                              host_floor)
     d = decode
-    dec, _ = _cpu_pool("decode", model_config, model_name, dtype, d["profile"], d["max_num_batched_tokens"],
+    dec, _ = _instance_pool("decode", model_config, model_name, dtype, d["profile"], d["max_num_batched_tokens"],
                        d["max_num_seqs"], d["block_size"], d["kv_capacity_blocks"], d["watermark_fraction"],
                        iteration_overhead_s, host_floor)
     spec = latency.model
@@ -191,7 +197,7 @@ def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_
                           link), latency
 
 
-def _cpu_pool(role, model_config, model_name, dtype, profile, max_num_batched_tokens, max_num_seqs, block_size,
+def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batched_tokens, max_num_seqs, block_size,
               kv_capacity_blocks, watermark_fraction, iteration_overhead_s, host_floor=(0.0, 0.0)):
     """One single-instance pool of ``role`` on the profile's device, and its op-level latency model: a CPU
     (gpu=None: no datasheet fallbacks; the host memory, price 0), or the catalog GPU a GPU profile was
@@ -217,7 +223,6 @@ def _cpu_pool(role, model_config, model_name, dtype, profile, max_num_batched_to
     latency = OpLevelModel([profile], spec, tp=1, pp=1, dtype=dtype, gpu=gpu,
                            iteration_overhead_s=float(iteration_overhead_s), host_floor_s=floor_s,
                            host_floor_per_prefill_seq_s=floor_seq_s)
-    cpu = device
 
     class _CpuPoolPlan(PoolPlan):
         def build_latency(self):  # the model built above (a CPU is not in the catalog)
@@ -225,13 +230,13 @@ def _cpu_pool(role, model_config, model_name, dtype, profile, max_num_batched_to
 
     sched = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                             block_size=block_size, watermark_fraction=watermark_fraction)
-    cfg = PoolConfig(gpu=cpu.name, instances=1,
+    cfg = PoolConfig(gpu=device.name, instances=1,
                      latency=OpLevelLatency(kind="op_level", profile=str(profile.path), dtype=dtype,
                                             iteration_overhead_s=float(iteration_overhead_s),
                                             host_floor_s=floor_s, host_floor_per_prefill_seq_s=floor_seq_s))
     nbytes = dtype_bytes(dtype)
     pool = _CpuPoolPlan(
-        role=role, config=cfg, gpu=cpu, tp=1, pp=1, instances=1, scheduler=sched,
+        role=role, config=cfg, gpu=device, tp=1, pp=1, instances=1, scheduler=sched,
         capacity_blocks=kv_capacity_blocks, weight_bytes_per_gpu=spec.weight_bytes_per_gpu(1, 1, nbytes),
         activation_bytes_per_gpu=0, kv_bytes_per_token_per_gpu=spec.kv_bytes_per_token_per_gpu(1, 1, nbytes),
         price_usd_per_gpu_hour=0.0,
@@ -373,10 +378,15 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     if knobs["kv_capacity_blocks"] is None:
         raise ConfigError(f"{live_run / 'manifest.json'}: config.kv_capacity_blocks missing")
     device = str(man.get("device", "cpu"))
+    run_device_name = man.get("device_name")
     prof = find_cpu_profile(None if threads is None else int(threads), profile,
-                            gpu_device_name=None if device == "cpu" else man.get("device_name"))
+                            gpu_device_name=None if device == "cpu" else run_device_name,
+                            cpu_name=run_device_name if device == "cpu" else None)
     if (prof.meta.device_type == "cpu") != (device == "cpu"):
         echo(f"warning: profile {prof.name} is a {prof.meta.device_type} profile; the live run ran on {device}")
+    elif run_device_name and prof.meta.device_name != run_device_name:
+        echo(f"warning: profile {prof.name} was measured on {prof.meta.device_name!r}; the live run ran on "
+             f"{run_device_name!r}: the simulated times are another machine's")
     mc_path = knobs["model_config"]
     model_cfg = load_model_config(mc_path)
     model_name = Path(mc_path).stem if mc_path else "pdsim-tiny-llama"
