@@ -97,4 +97,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pdsim.errors import PdsimError
+
+    try:
+        main()
+    except PdsimError as exc:  # bad input (e.g. a negative measured overhead): one line, no traceback;
+        sys.exit(f"error: {exc}")  # the live run directory written before is kept

@@ -94,3 +94,12 @@ def test_validating_the_h200_run_with_and_without_the_floor(tmp_path):
     assert (f"Host floor: every iteration takes at least {hf['host_floor_s'] * 1e3:.2f} ms + "
             f"{hf['host_floor_per_prefill_seq_s'] * 1e3:.2f} ms per prefilled request") in report
     assert "`h200_sxm-measured`" in report and not math.isnan(float(floor["sim_s"].iloc[0]))
+
+
+def test_a_cpu_run_prefers_the_profile_of_its_cpu_model():
+    """Two committed 2-thread CPU profiles of different machines: the run's CPU model decides; an unknown
+    CPU still gets a 2-thread profile (validate then warns)."""
+    assert find_cpu_profile(2, None, cpu_name="Intel(R) Xeon(R) Processor").name == "cpu-xeon-2c"
+    assert find_cpu_profile(2, None, cpu_name="AMD EPYC").name == "cpu-epyc-2c"
+    other = find_cpu_profile(2, None, cpu_name="Some Other CPU")
+    assert other.meta.device_type == "cpu" and other.meta.num_threads == 2

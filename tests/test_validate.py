@@ -1,5 +1,5 @@
-"""``pdsim validate``: a tiny live run of the default tiny Llama (2 threads, matching the committed
-cpu-epyc-2c profile) is simulated request for request; the report exists, every relative error is finite,
+"""``pdsim validate``: a tiny live run of the default tiny Llama (2 threads, matching a committed 2-thread
+CPU profile, of the same CPU model where one exists) is simulated request for request; the report exists, every relative error is finite,
 the simulated run has the live run's requests and tokens; a disaggregated run (1 thread per worker) is
 simulated as a prefill and a decode instance on cpu-epyc-1t linked by its measured gloo table; a
 validation experiment YAML runs the live side first; bad input exits 2 with one ``error:`` line."""
@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from pdsim.cli import app  # noqa: E402
+from pdsim.profiles.format import list_profile_dirs, load_profile  # noqa: E402
 
 runner = CliRunner()
 
@@ -42,7 +43,18 @@ def test_validate_live_run(live_run, tmp_path):
     assert res.exit_code == 0, res.output
     assert "| TTFT | P50 |" in res.output
     report = (out / "report.md").read_text()
-    assert "cpu-epyc-2c" in report and "iteration_overhead_s = 0" in report
+    assert "iteration_overhead_s = 0" in report
+    # the 2-thread CPU profile of the run's CPU model where one is committed (machines change between
+    # sessions: cpu-epyc-2c, cpu-xeon-2c), else another 2-thread CPU profile, with a warning
+    cpu = json.loads((live_run / "manifest.json").read_text())["device_name"]
+    two = {p.name: p.meta.device_name for p in map(load_profile, list_profile_dirs())
+           if p.meta.device_type == "cpu" and p.meta.num_threads == 2}
+    chosen = [name for name in two if f"`{name}`" in report]
+    assert len(chosen) == 1, (two, report)
+    if cpu in two.values():
+        assert two[chosen[0]] == cpu
+    else:
+        assert "warning: profile" in res.output and "another machine's" in res.output
     for f in ("requests.csv", "summary.csv", "comparison.csv", "cdf_ttft.png", "cdf_tpot.png", "cdf_e2e.png",
               "scatter_e2e.png"):
         assert (out / f).is_file(), f
