@@ -15,7 +15,10 @@
 #   live_x2:  `pdsim live`, 300 requests of the Azure conversation trace at twice its rate
 #   profile:  `pdsim profile --device cuda`, Llama-3.1-8B and -70B shard shapes at TP 1/2/4/8, bf16 and
 #             fp8, full grid, within the time left (--time-budget-s)
-#   live_x4:  the same trace at four times its rate, with the time left
+#   live_x4:  the same trace at four times its rate
+#   grid_after: the grid again, after the replays (the host's speed drifted on 2026-12-04)
+#   flush_read: Llama-3.1-8B TP1 bf16 GEMMs again with `--flush read` (does the written flush's dirty
+#             L2 inflate memory-bound GEMMs? docs/latency_accuracy.md), into PROFILE_NAME-readflush
 # Then the run directories (results/device/) and the profile are packed into $OUT/device_results.tgz.
 # DEVICE=cpu DTYPE=fp32 MODEL=pdsim/data/model_configs/pdsim-tiny-llama.json MAX_REQUESTS=20 runs the
 # same stages here, small, to check the script before spending device time.
@@ -38,7 +41,7 @@ DTYPE=${DTYPE:-bf16}
 MAX_REQUESTS=${MAX_REQUESTS:-300}
 TRACE=traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv
 export PYTHONUNBUFFERED=1
-STAGES=${STAGES:-grid,live_x2,profile,live_x4}  # which stages run
+STAGES=${STAGES:-grid,live_x2,profile,live_x4,grid_after,flush_read}  # which stages run
 
 stage() {  # stage NAME SECONDS COMMAND...
   local name=$1 secs=$2; shift 2
@@ -67,8 +70,15 @@ budget=$(( $(left) - 130 ))
 [[ $STAGES == *profile* ]] && stage profile $(( budget + 40 )) python3 -m pdsim profile --device "$DEVICE" --full --out "gpu_profiles/$PROFILE_NAME" \
   ${PROFILE_ARGS:---models Llama-3.1-8B,Llama-3.1-70B --tp 1,2,4,8 --dtypes bf16,fp8} --time-budget-s "$budget" \
   --note "measured in a borrowed-machine session with a ${budget} s budget (benchmarks/device_h200.sh); points the budget cut are counted below"
-[[ $STAGES == *live_x4* ]] && stage live_x4 $(( $(left) - 15 )) "${LIVE[@]}" --rate-scale 4 --out "$WORK/live_x4"
+[[ $STAGES == *live_x4* ]] && stage live_x4 ${LIVE_X4_S:-150} "${LIVE[@]}" --rate-scale 4 --out "$WORK/live_x4"
 
-tar czf "$OUT/device_results.tgz" "$WORK" "gpu_profiles/$PROFILE_NAME" 2>/dev/null
+[[ $STAGES == *grid_after* ]] && stage grid_after 90 python3 benchmarks/engine_grid.py --device "$DEVICE" --dtype "$DTYPE" \
+  --config "$MODEL" --batch-sizes ${GRID_BATCHES:-1,2,4,8,16,32,64} --prompt-lens ${GRID_PROMPTS:-128,512,2048} \
+  --output-tokens 33 --out "$WORK/grid_after"
+[[ $STAGES == *flush_read* ]] && stage flush_read $(( $(left) - 10 )) python3 -m pdsim profile --device "$DEVICE" --full \
+  --tables gemm --models Llama-3.1-8B --tp 1 --dtypes "$DTYPE" --flush read --time-budget-s 60 \
+  --out "gpu_profiles/$PROFILE_NAME-readflush"
+
+tar czf "$OUT/device_results.tgz" "$WORK" gpu_profiles/"$PROFILE_NAME"* 2>/dev/null
 ls -la "$OUT"
 echo "== done in $(( $(date +%s) - T0 ))s"

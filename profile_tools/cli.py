@@ -39,6 +39,7 @@ def profile_command(
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads on the host (default: torch's default).")] = None,
     tables: Annotated[Optional[str], typer.Option("--tables", help="Only these tables, comma-separated (gemm, attention_prefill, attention_decode, elementwise, memcpy, collective).")] = None,
     note: Annotated[Optional[list[str]], typer.Option("--note", help="A line for profile.yaml's notes, e.g. how quiet the machine was (repeatable).")] = None,
+    flush: Annotated[str, typer.Option("--flush", help="How the cache is flushed before each GEMM and attention call: write (fill a buffer twice the last-level cache) or read (sum it; leaves no dirty lines).")] = "write",
     time_budget_s: Annotated[Optional[float], typer.Option("--time-budget-s", help="Wall-clock budget of the sweep in seconds, shared among the tables; points past a table's share are skipped and counted in the notes (for a borrowed machine).")] = None,
 ) -> None:
     """Measure GEMM, attention, elementwise, copy and collective latencies on a device with torch and
@@ -63,6 +64,7 @@ def profile_command(
             tables=_split([tables] if tables else None),
             notes=tuple(note or ()),
             time_budget_s=time_budget_s,
+            flush=flush,
         )
         run_profile(req, log=log)
     except PdsimError as exc:

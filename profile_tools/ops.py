@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pdsim.errors import ConfigError
 from profile_tools.device import DeviceInfo, last_level_cache_bytes
 from profile_tools.plan import MIB, ElementwiseCase, SweepPlan
 from profile_tools.timing import HostClock, Timer
@@ -98,18 +99,37 @@ class BenchContext:
         return getattr(self.torch, TORCH_DTYPES[name])
 
 
-def make_flush(torch, info: DeviceInfo, device) -> tuple[Callable[[], object], str]:
-    """A callable that evicts the device's caches, and a line saying how (see the module docstring)."""
+FLUSH_MODES = ("write", "read")
+"""How the cache flush before a GEMM or attention call evicts: ``write`` fills a buffer larger than the
+last-level cache (the default, triton's ``do_bench`` practice), ``read`` sums it. A written buffer leaves
+the cache full of dirty lines whose write-back can land inside the next timed call; a read leaves clean
+lines. On an H200 our written-flush GEMMs at m = 8 came out 27 % above the same GEMMs in a profiled engine
+step (docs/latency_accuracy.md); ``read`` is there to measure whether that is the cause."""
+
+
+def make_flush(torch, info: DeviceInfo, device, mode: str = "write") -> tuple[Callable[[], object], str]:
+    """A callable that evicts the device's caches, and a line saying how (see the module docstring and
+    ``FLUSH_MODES``).
+
+    Raises:
+        ConfigError: an unknown ``mode``.
+    """
+    if mode not in FLUSH_MODES:
+        raise ConfigError(f"--flush must be one of {list(FLUSH_MODES)}, got {mode!r}")
     if info.is_gpu:
         props = torch.cuda.get_device_properties(device)
         l2 = int(getattr(props, "L2_cache_size", 0) or 0)
         size = max(512 * MIB if info.device_type == "rocm" else 256 * MIB, 2 * l2)
-        buf = torch.empty(size // 4, dtype=torch.int32, device=device)
+        buf = torch.zeros(size // 4, dtype=torch.int32, device=device)
+        if mode == "read":
+            return buf.sum, f"GEMM and attention: caches flushed before each call by reading (summing) {size // MIB} MiB on the device"
         return buf.zero_, f"GEMM and attention: caches flushed before each call by zeroing {size // MIB} MiB on the device"
     llc = last_level_cache_bytes()
     size = max(64 * MIB, 2 * (llc or 0))
-    buf = torch.empty(size // 4, dtype=torch.float32)
+    buf = torch.ones(size // 4, dtype=torch.float32)
     llc_text = f"{llc // MIB} MiB LLC" if llc else "LLC size unknown"
+    if mode == "read":
+        return buf.sum, f"GEMM and attention: caches flushed before each call by reading (summing) {size // MIB} MiB ({llc_text})"
     return (lambda: buf.fill_(1.0)), f"GEMM and attention: caches flushed before each call by writing {size // MIB} MiB ({llc_text})"
 
 

@@ -32,6 +32,8 @@ class ProfileRequest:
         threads: ``torch.set_num_threads`` (CPU).
         tables: tables to measure (default all).
         notes: lines the user adds to ``profile.yaml``'s notes.
+        flush: how the cache is flushed before GEMM and attention calls, ``write`` or ``read``
+            (``profile_tools.ops.FLUSH_MODES``).
         time_budget_s: wall-clock budget of the whole sweep (None: none). Each table gets a share of
             what is left when it starts (``TABLE_BUDGET_WEIGHTS``); points past a table's share are
             skipped and counted in the notes, so a run on a lent machine ends in time with every table
@@ -49,6 +51,7 @@ class ProfileRequest:
     tables: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()
     time_budget_s: float | None = None
+    flush: str = "write"
 
     def command(self) -> str:
         """The ``pdsim profile`` command line of these options (defaults left out, as a user types it)."""
@@ -67,6 +70,8 @@ class ProfileRequest:
             parts += ["--tables", ",".join(self.tables)]
         if self.time_budget_s is not None:
             parts += ["--time-budget-s", f"{self.time_budget_s:g}"]
+        if self.flush != "write":
+            parts += ["--flush", self.flush]
         for n in self.notes:
             parts += ["--note", n]
         return shlex.join(parts)
@@ -105,11 +110,15 @@ def _resolve(req: ProfileRequest, gpu: bool) -> ProfileRequest:
         raise ConfigError(f"--threads must be >= 1, got {req.threads}")
     if req.max_tokens is not None and req.max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {req.max_tokens}")
+    from profile_tools.ops import FLUSH_MODES
+
+    if req.flush not in FLUSH_MODES:
+        raise ConfigError(f"--flush must be one of {list(FLUSH_MODES)}, got {req.flush!r}")
     if req.time_budget_s is not None and not req.time_budget_s > 0:
         raise ConfigError(f"--time-budget-s must be > 0, got {req.time_budget_s}")
     return ProfileRequest(req.device, req.out, req.mode, tuple(models), tuple(tps), tuple(dict.fromkeys(dtypes)),
                           req.max_tokens, req.threads, tuple(t for t in TABLE_ORDER if t in tables), req.notes,
-                          req.time_budget_s)
+                          req.time_budget_s, req.flush)
 
 
 TABLE_BUDGET_WEIGHTS = {"gemm": 5.0, "attention_prefill": 2.0, "attention_decode": 2.0, "elementwise": 1.0,
@@ -167,7 +176,7 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
     torch.manual_seed(0)
     clock = CudaEventClock(torch, device) if info.is_gpu else HostClock()
     timer = Timer(clock, plan.timing)
-    flush, flush_note = make_flush(torch, info, device)
+    flush, flush_note = make_flush(torch, info, device, req.flush)
     sweep = (f"sweep: models {', '.join(_model_label(m, s) for m, s in zip(req.models, models))}; "
              f"TP {', '.join(map(str, req.tps))}; dtypes {', '.join(req.dtypes)}; up to {plan.max_tokens} tokens per batch")
     ctx = BenchContext(torch, device, info, timer, flush, log, notes=[*req.notes, sweep, *plan.notes])

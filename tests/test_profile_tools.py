@@ -349,3 +349,15 @@ def test_a_spent_time_budget_skips_points_and_says_so(tmp_path):
 def test_a_bad_time_budget_is_a_user_error(tmp_path):
     result = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--time-budget-s", "0", "--out", str(tmp_path / "x")])
     assert_user_error(result, "--time-budget-s must be > 0")
+
+
+def test_the_flush_can_read_instead_of_write(tmp_path):
+    out = tmp_path / "read"
+    result = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--tables", "attention_decode",
+                                 "--flush", "read", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    profile = load_profile(out)
+    assert "flushed before each call by reading (summing)" in profile.meta.notes
+    assert "--flush read" in profile.meta.command and len(profile.table("attention_decode")) > 0
+    assert_user_error(runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--flush", "evict",
+                                          "--out", str(tmp_path / "x")]), "--flush must be one of")
