@@ -205,7 +205,7 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
         ctx.deadline_s = table_deadline(req.tables, index, started, req.time_budget_s, t0)
         log(f"{table}: measuring ..." + ("" if ctx.deadline_s is None else f" (budget {ctx.deadline_s - t0:.0f} s)"))
         try:
-            rows = _measure_table(table, ctx, plan, req, info)
+            rows = _measure_table(table, ctx, plan, req, info, gqa_native)
         except (ConfigError, ProfileError):
             raise
         except Exception as exc:  # noqa: BLE001 - one failing table must not lose the others' measurements
@@ -229,13 +229,11 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
     return _finish(req, info, ctx, timer, tables, command, num_threads, started, log)
 
 
-def _measure_table(table: str, ctx, plan, req: ProfileRequest, info) -> list[dict]:
-    """The rows of one table."""
+def _measure_table(table: str, ctx, plan, req: ProfileRequest, info, gqa_native: bool) -> list[dict]:
+    """The rows of one table (``gqa_native``: SDPA takes ``enable_gqa``)."""
     from profile_tools.collective import bench_collectives
-    from profile_tools.ops import (bench_attention_decode, bench_attention_prefill, bench_elementwise, bench_gemm,
-                                   bench_memcpy, sdpa_supports_gqa)
+    from profile_tools.ops import bench_attention_decode, bench_attention_prefill, bench_elementwise, bench_gemm, bench_memcpy
 
-    gqa_native = sdpa_supports_gqa(ctx.torch)
     if table == "gemm":
         return bench_gemm(ctx, plan, list(req.dtypes))
     if table == "attention_prefill":

@@ -134,3 +134,19 @@ def test_splitwise_experiment_runs_with_either_latency_model():
     lm = plans[1].pools[0].build_latency()
     assert math.isfinite(lm.decode_s(8, 8 * 600)) and lm.describe()["profiles"][0]["source_kind"] == "imported"
     assert gpu.name == plans[1].pools[0].gpu.name
+
+
+def test_host_floor_reaches_the_latency_model_from_the_yaml(tmp_path):
+    data = oplevel_data()
+    data["latency_models"]["h100"].update(host_floor_s=0.03, host_floor_per_prefill_seq_s=0.002)
+    plans = plan_deployments(load_experiment_file(write_yaml(tmp_path, data)))
+    colocated = plans[0].pools[0].build_latency()
+    assert (colocated.host_floor_s, colocated.host_floor_per_prefill_seq_s) == (0.03, 0.002)
+    from pdsim.latency.base import BatchShape
+
+    assert colocated.iteration_s(BatchShape(decode_seqs=1, decode_context_tokens=16)) >= 0.03
+    # PP: the prefill pool's two stages share the floor by their layers (40 + 40 of 80)
+    stages = plans[1].pools[0].build_latency().stage_times_s(BatchShape(decode_seqs=1, decode_context_tokens=16))
+    assert len(stages) == 2 and min(stages) >= 0.015
+    data["latency_models"]["h100"]["host_floor_s"] = -1.0
+    assert_user_error(run_cli("check", write_yaml(tmp_path, data)), "host_floor_s")
