@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from pdsim.hardware.gpus import load_gpu_catalog
     from pdsim.latency.oplevel import OpLevelModel
     from pdsim.live.engine import load_model_config
-    from pdsim.live.overhead import compare_grid
+    from pdsim.live.overhead import compare_grid, summary_lines
     from pdsim.models.arch import model_from_hf_config
     from pdsim.profiles.format import find_profile
 
@@ -55,14 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     df.to_csv(args.out.with_suffix(".csv"), index=False)
-    hf = summary["host_floor_model"]
-    print(f"additive: iteration_overhead_s = {summary['iteration_overhead_s'] * 1e3:.3f} ms (median over "
-          f"{summary['iterations']} iterations; decode {summary['overhead_decode_median_s'] * 1e3:.3f}, prefill "
-          f"{summary['overhead_prefill_median_s'] * 1e3:.3f})")
-    print(f"host floor: {hf['host_floor_s'] * 1e3:.2f} ms + {hf['host_floor_per_prefill_seq_s'] * 1e3:.2f} ms per prefilled "
-          f"request, iteration_overhead_s {hf['iteration_overhead_s'] * 1e3:.3f} ms; step time error median "
-          f"{hf['step_abs_error_median'] * 100:.1f} % (P90 {hf['step_abs_error_p90'] * 100:.1f} %), kernels alone "
-          f"{hf['kernels_only_abs_error_median'] * 100:.1f} %; host-bound in {hf['host_bound_share'] * 100:.0f} % of iterations")
+    print("\n".join(summary_lines(summary)))
     print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
     return 0
 

@@ -380,7 +380,7 @@ def engine_overhead(args) -> int:
 
     from pdsim.latency.oplevel import OpLevelModel
     from pdsim.live.engine import EngineConfig, LiveEngine, load_model_config
-    from pdsim.live.overhead import measure_engine_overhead
+    from pdsim.live.overhead import measure_engine_overhead, summary_lines
     from pdsim.models.arch import model_from_hf_config
     from pdsim.profiles.format import find_profile
 
@@ -405,12 +405,7 @@ def engine_overhead(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     df.to_csv(out.with_suffix(".csv"), index=False)
-    ms = {k: v * 1e3 for k, v in summary.items() if k.endswith("_s") and isinstance(v, float)}
-    print(f"iteration_overhead_s = {ms['iteration_overhead_s']:.3f} ms (median of {summary['iterations']} iterations; "
-          f"p10 {ms['overhead_p10_s']:.3f}, p90 {ms['overhead_p90_s']:.3f}; decode {ms['overhead_decode_median_s']:.3f}, "
-          f"prefill {ms['overhead_prefill_median_s']:.3f}; host outside the step {ms['host_outside_step_median_s']:.3f}, "
-          f"inside the step beyond the kernels {ms['inside_step_beyond_kernels_median_s']:.3f}); load average "
-          f"{summary['load_average_before'][0]:.2f} -> {summary['load_average_after'][0]:.2f}")
+    print("\n".join(summary_lines(summary)))
     print(f"wrote {out} and {out.with_suffix('.csv')}")
     return 0
 

@@ -45,7 +45,9 @@ Method (the practice of triton's ``do_bench``, nccl-tests and vLLM's benchmark s
      Why: on an NVIDIA H200 (torch 2.11) the first measured profile's elementwise table, timed
      without the spin (withdrawn; kept in ``benchmarks/results/h200/elementwise_launch_bound.parquet``),
      had an ``add`` of 1 x 4096 bf16 elements at 25 us, flat up to 1024 tokens, and rmsnorm at 85 us flat:
-     kernels of 1-5 us on a GPU with 4.8 TB/s, timed at the host's 10-25 us per launch.
+     ops of a few KiB to a few MiB on a GPU with 4.8 TB/s, timed at the host's launch rate (8-16 us of host
+     time per kernel launch on that machine, ``benchmarks/results/h200/decode_step_profile_cudnn.txt``;
+     rmsnorm launches several kernels).
    - CPU: ``time.perf_counter_ns`` around the call (torch CPU ops are synchronous).
 
 4. Result: the median as ``latency_s``, the 10th and 90th percentiles (linear interpolation, as

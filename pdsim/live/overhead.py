@@ -15,6 +15,12 @@ last iteration of every point is left out: it has no successor). Also recorded: 
 step beyond the profiled kernels: Python, tensor set-up, small unprofiled ops), whose sum is about the
 overhead, so the split is visible.
 
+The two halves can run apart: ``run_grid`` needs torch and the device (on a borrowed GPU,
+``benchmarks/engine_grid.py``), ``compare_grid`` only the saved frame and a profile
+(``benchmarks/compare_grid.py``). ``compare_grid`` also fits the op-level model's host floor
+(``fit_host_floor``: the step time as ``max(kernels, floor)``), the model for an engine whose host cannot
+launch kernels as fast as the device runs them (``pdsim validate --overhead-model host_floor``).
+
 Nothing here looks at a trace or at TTFT / TPOT: the grid is fixed, so the figure can be given to a
 validation (``pdsim validate --overhead-file``) without fitting the simulation to the run it checks.
 """
@@ -183,3 +189,24 @@ def measure_engine_overhead(engine, latency, *, batch_sizes=DEFAULT_BATCH_SIZES,
                                load_after=load_after)
     summary["grid"]["output_tokens"] = output_tokens
     return summary, df
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The figures of a ``compare_grid`` summary as printable lines (ms): the additive overhead with its
+    spread and split, and the host floor where the summary has one."""
+    ms = {k: v * 1e3 for k, v in summary.items() if k.endswith("_s") and isinstance(v, float)}
+    lines = [f"iteration_overhead_s = {ms['iteration_overhead_s']:.3f} ms (median of {summary['iterations']} iterations; "
+             f"p10 {ms['overhead_p10_s']:.3f}, p90 {ms['overhead_p90_s']:.3f}; decode {ms['overhead_decode_median_s']:.3f}, "
+             f"prefill {ms['overhead_prefill_median_s']:.3f}; host outside the step {ms['host_outside_step_median_s']:.3f}, "
+             f"inside the step beyond the kernels {ms['inside_step_beyond_kernels_median_s']:.3f})"]
+    hf = summary.get("host_floor_model")
+    if hf:
+        lines.append(f"host floor: {hf['host_floor_s'] * 1e3:.2f} ms + {hf['host_floor_per_prefill_seq_s'] * 1e3:.2f} ms per "
+                     f"prefilled request, iteration_overhead_s {hf['iteration_overhead_s'] * 1e3:.3f} ms; step time error "
+                     f"median {hf['step_abs_error_median'] * 100:.1f} % (P90 {hf['step_abs_error_p90'] * 100:.1f} %), kernels "
+                     f"alone {hf['kernels_only_abs_error_median'] * 100:.1f} %; host-bound in "
+                     f"{hf['host_bound_share'] * 100:.0f} % of iterations")
+    before, after = summary.get("load_average_before"), summary.get("load_average_after")
+    if before and after:
+        lines.append(f"load average {before[0]:.2f} -> {after[0]:.2f}")
+    return lines
