@@ -3,12 +3,15 @@ Azure conversation trace, colocated or disaggregated, then ``pdsim validate`` ag
 the thread count, and print the comparison table.
 
     python benchmarks/validate_cpu.py [--mode colocated|disaggregated] [--quick] [--requests N]
-        [--rate-scale X] [--threads N] [--overhead-file JSON | --measure-overhead] [--out DIR]
+        [--rate-scale X] [--threads N] [--overhead-file JSON | --measure-overhead]
+        [--overhead-model additive|by_phase|scaled|host_floor] [--grid-after] [--out DIR]
 
-- ``--mode colocated`` (default): one engine, 2 threads; simulated on ``cpu-epyc-2c``.
+- ``--mode colocated`` (default): one engine, 2 threads; simulated on the 2-thread profile of this CPU
+  model whose cache flush suits the model (``cpu-xeon-2c-l2`` on the Intel Xeon VM, ``cpu-epyc-2c`` on
+  the AMD EPYC one; ``--profile``).
 - ``--mode disaggregated``: a prefill and a decode worker process, 1 thread each (so each has one of the
   2 cores), the KV of every request sent over torch.distributed gloo; simulated as one prefill and one
-  decode instance on the 1-thread profile ``cpu-epyc-1t``, linked by that profile's measured gloo
+  decode instance on the 1-thread profile (``cpu-xeon-1t-l2``, ``cpu-epyc-1t``), linked by that profile's measured gloo
   send/recv table.
 
 Lengths are capped (prompt <= 512, output <= 64 tokens) so 300 requests take about 1.5 minutes; the
@@ -16,10 +19,17 @@ rate scale (default 1.1, i.e. the trace's arrivals compressed by 1.1) was picked
 trials so the engine is busy most of the time and queues form (the busy fraction of every engine /
 worker is printed: check it before reading the errors). ``--quick``: 30 requests.
 
+``--grid-after`` runs the grid again right after the live run and prints how far the host's speed moved
+in between (``pdsim.live.overhead.grid_drift``): a validation is only as good as the host's steadiness,
+and ``pdsim validate``'s report gives the drift inside the run (``host_speed``).
+
 ``iteration_overhead_s`` (the engine's per-iteration time the op-level model does not charge) is 0
 unless ``--overhead-file`` gives a measurement (``benchmarks/measure_cpu_iterations.py
 --engine-overhead``), or ``--measure-overhead`` measures it first, on a synthetic grid and not on the
-validation trace (``pdsim.live.overhead``). Run it on an otherwise idle machine: the live side is
+validation trace (``pdsim.live.overhead``). ``--overhead-model`` says how it is charged (default
+``scaled``: the profiled kernels' time multiplied by the grid's median cycle / kernels, over its decode
+iterations on decode iterations and over its prefill iterations on iterations that prefill; docs/live.md,
+"The cache, the host's speed and the noise floor"). Run it on an otherwise idle machine: the live side is
 wall-clock timing; the load average before and after is printed.
 """
 
@@ -40,7 +50,6 @@ from pdsim.live.cli import _live  # noqa: E402
 from pdsim.live.validate import _overhead_option, format_table, validate  # noqa: E402
 
 TRACE = ROOT / "traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-PROFILES = {"colocated": "cpu-epyc-2c", "disaggregated": "cpu-epyc-1t"}
 THREADS = {"colocated": 2, "disaggregated": 1}
 
 
@@ -57,16 +66,22 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rate-scale", type=float, default=1.1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (colocated: 2; disaggregated: 1 per worker)")
-    ap.add_argument("--profile", default=None, help="CPU profile (default cpu-epyc-2c / cpu-epyc-1t by mode)")
+    ap.add_argument("--profile", default=None,
+                    help="CPU profile (default: the profile of this CPU model and the thread count, as pdsim validate picks it)")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--overhead-file", type=Path, default=None, help="iteration_overhead_s measurement (JSON)")
     group.add_argument("--measure-overhead", action="store_true",
                        help="measure iteration_overhead_s first (benchmarks/measure_cpu_iterations.py --engine-overhead)")
+    ap.add_argument("--overhead-model", choices=("additive", "by_phase", "scaled", "host_floor"), default="scaled",
+                    help="how the grid's measurement is charged (pdsim.live.validate.OVERHEAD_MODELS; default scaled)")
+    ap.add_argument("--grid-after", action="store_true",
+                    help="run the overhead grid again right after the live run and print how far the host's speed moved "
+                         "between the grid before (--overhead-file's CSV or --measure-overhead) and after")
     ap.add_argument("--out", type=Path, default=None, help="default results/validate-cpu-<mode>")
     args = ap.parse_args()
     n = 30 if args.quick else args.requests
     threads = args.threads or THREADS[args.mode]
-    profile = args.profile or PROFILES[args.mode]
+    profile = args.profile or _this_cpu_profile(threads)
     out = args.out or ROOT / f"results/validate-cpu-{args.mode}"
     live_dir, val_dir = out / "live", out / "validate"
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -81,6 +96,8 @@ def main() -> None:
           kv_capacity_tokens=None, kv_capacity_blocks=None, watermark_fraction=0.01, ttft_slo_s=1.0,
           tpot_slo_s=0.1, slo_percentile=90.0, threads=threads, mode=args.mode)
     print(f"load average after the live run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.grid_after:
+        _grid_after(overhead_file, out / f"engine_overhead_{Path(profile).name}_after.json", threads, profile)
     req = pd.read_csv(live_dir / "requests.csv")
     span = float(req["finish_s"].max() - req["arrival_s"].min())
     logs = {"engine": "iterations.csv"} if args.mode == "colocated" else {
@@ -89,11 +106,41 @@ def main() -> None:
         print(busy_line(label, pd.read_csv(live_dir / fname), span) + " (first arrival to last finish)")
     overrides = {}
     if overhead_file is not None:
-        overrides = _overhead_option(0.0, overhead_file)
-        print(f"iteration_overhead_s = {overrides['iteration_overhead_s'] * 1e3:.3f} ms from {overhead_file}")
+        overrides = _overhead_option(0.0, overhead_file, args.overhead_model)
+        prefill = overrides.get("iteration_overhead_prefill_s")
+        print(f"iteration_overhead_s = {overrides['iteration_overhead_s'] * 1e3:.3f} ms"
+              + ("" if prefill is None else f", iteration_overhead_prefill_s = {prefill * 1e3:.3f} ms")
+              + f" ({args.overhead_model}) from {overhead_file}")
     cmp = validate(live_dir, val_dir, profile=profile, overrides=overrides)
     print(format_table(cmp))
     print(f"report: {val_dir / 'report.md'}")
+
+
+def _this_cpu_profile(threads: int) -> str:
+    """The profile ``pdsim validate`` picks for the default tiny Llama (fp32) on this CPU."""
+    from pdsim.live.engine import load_model_config
+    from pdsim.live.validate import find_cpu_profile
+    from pdsim.models.arch import dtype_bytes, model_from_hf_config
+    from profile_tools.device import cpu_vendor_and_name
+
+    weights = model_from_hf_config("pdsim-tiny-llama", load_model_config(None)).weight_bytes_per_gpu(1, 1, dtype_bytes("fp32"))
+    return find_cpu_profile(threads, None, cpu_name=cpu_vendor_and_name()[1], weight_bytes=weights).name
+
+
+def _grid_after(before_json: Path | None, after_json: Path, threads: int, profile: str) -> None:
+    """The overhead grid again, right after the live run, and its drift from the grid before."""
+    from pdsim.errors import ConfigError
+    from pdsim.live.overhead import grid_drift
+
+    if before_json is None or not before_json.with_suffix(".csv").is_file():
+        raise ConfigError("--grid-after needs the grid before the live run: --measure-overhead, or --overhead-file "
+                          "with its .csv beside it")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/measure_cpu_iterations.py"), "--engine-overhead",
+                    "--threads", str(threads), "--profile", profile, "--out", str(after_json)], check=True)
+    drift = grid_drift(pd.read_csv(before_json.with_suffix(".csv")), pd.read_csv(after_json.with_suffix(".csv")))
+    print(f"host drift between the grid before and after the live run ({drift['iterations']} iterations of the same "
+          f"shapes): decode x{drift['decode_ratio_median']:.3f}, prefill x{drift['prefill_ratio_median']:.3f} "
+          "(after / before, median cycle time)")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def profile_command(
     tables: Annotated[Optional[str], typer.Option("--tables", help="Only these tables, comma-separated (gemm, attention_prefill, attention_decode, elementwise, memcpy, collective).")] = None,
     note: Annotated[Optional[list[str]], typer.Option("--note", help="A line for profile.yaml's notes, e.g. how quiet the machine was (repeatable).")] = None,
     flush: Annotated[str, typer.Option("--flush", help="How the cache is flushed before each GEMM and attention call: write (fill a buffer twice the last-level cache) or read (sum it; leaves no dirty lines).")] = "write",
+    flush_level: Annotated[str, typer.Option("--flush-level", help="Which caches the flush evicts: llc (all: operands come from memory, for models larger than the last-level cache) or l2 (CPU only: the per-core caches, operands come from the last-level cache, for models that fit in it).")] = "llc",
     time_budget_s: Annotated[Optional[float], typer.Option("--time-budget-s", help="Wall-clock budget of the sweep in seconds, shared among the tables; points past a table's share are skipped and counted in the notes (for a borrowed machine).")] = None,
 ) -> None:
     """Measure GEMM, attention, elementwise, copy and collective latencies on a device with torch and
@@ -65,6 +66,7 @@ def profile_command(
             notes=tuple(note or ()),
             time_budget_s=time_budget_s,
             flush=flush,
+            flush_level=flush_level,
         )
         run_profile(req, log=log)
     except PdsimError as exc:

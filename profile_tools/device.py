@@ -133,29 +133,45 @@ def host_memory_bytes() -> int | None:
 def last_level_cache_bytes() -> int | None:
     """Total size of the host's last-level CPU cache over all its instances (one L3 per socket or
     CCX), from sysfs (Linux), e.g. 32 MiB; None if unknown."""
-    sizes: dict[str, int] = {}  # shared_cpu_list -> size of that instance
-    best_level = 0
+    return cpu_cache_bytes()
+
+
+def cpu_cache_bytes(level: int | None = None, root: str = "/sys/devices/system/cpu") -> int | None:
+    """Total size of the host's unified or data CPU caches of one level over all their instances (an L2
+    per core, an L3 per socket or CCX), from sysfs (Linux) ``/sys/devices/system/cpu/cpu*/cache``.
+
+    Args:
+        level: the cache level (2 for the per-core L2); None for the last level.
+        root: the sysfs directory of the CPUs (tests point it at a fake tree).
+
+    Returns:
+        Bytes, e.g. 4 MiB for two cores with 2 MiB of L2 each; None if sysfs does not say.
+    """
+    sizes: dict[tuple[int, str], int] = {}  # (level, shared_cpu_list) -> size of that instance
     try:
-        cpus = [d for d in os.listdir("/sys/devices/system/cpu") if re.fullmatch(r"cpu\d+", d)]
+        cpus = [d for d in os.listdir(root) if re.fullmatch(r"cpu\d+", d)]
         for cpu in cpus:
-            base = f"/sys/devices/system/cpu/{cpu}/cache"
+            base = os.path.join(root, cpu, "cache")
             if not os.path.isdir(base):
                 continue
             for entry in os.listdir(base):
                 d = os.path.join(base, entry)
                 if not entry.startswith("index"):
                     continue
-                level = int(open(os.path.join(d, "level")).read())
-                m = re.fullmatch(r"(\d+)([KMG]?)", open(os.path.join(d, "size")).read().strip().upper())
-                if not m or level < best_level:
+                if open(os.path.join(d, "type")).read().strip() == "Instruction":
                     continue
-                if level > best_level:
-                    best_level, sizes = level, {}
+                lvl = int(open(os.path.join(d, "level")).read())
+                m = re.fullmatch(r"(\d+)([KMG]?)", open(os.path.join(d, "size")).read().strip().upper())
+                if not m:
+                    continue
                 shared = open(os.path.join(d, "shared_cpu_list")).read().strip()
-                sizes[shared] = int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]
+                sizes[(lvl, shared)] = int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]
     except (OSError, ValueError):
         return None
-    return sum(sizes.values()) or None
+    if not sizes:
+        return None
+    want = max(lvl for lvl, _ in sizes) if level is None else level
+    return sum(size for (lvl, _), size in sizes.items() if lvl == want) or None
 
 
 def _run(cmd: list[str]) -> str | None:

@@ -23,8 +23,9 @@ reference layers) runs it, on contiguous tensors filled by ``torch.randn`` (neve
   ``non_blocking=True``; p2p copies between two GPUs and is timed on the host with both devices
   synchronised (one stream's events cannot span two devices).
 
-Cache state (choice and reason): before every timed GEMM and attention call we evict the caches by
-writing a buffer larger than the last-level cache (GPU: 256 MiB, 512 MiB on ROCm for MI300's 256 MB
+Cache state (choice and reason; ``--flush-level``, ``FLUSH_LEVELS``, says when to choose otherwise):
+before every timed GEMM and attention call we evict the caches by writing a buffer larger than the
+last-level cache (GPU: 256 MiB, 512 MiB on ROCm for MI300's 256 MB
 Infinity Cache, or twice the reported L2 if larger, with ``zero_()`` as triton's ``do_bench`` does;
 CPU: twice the total L3 of all sockets or CCXs, at least 64 MiB). In a forward pass one layer's
 weights and KV cache are evicted by the other layers' before they are read again, so cold-cache
@@ -46,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pdsim.errors import ConfigError
-from profile_tools.device import DeviceInfo, last_level_cache_bytes
+from profile_tools.device import DeviceInfo, cpu_cache_bytes, last_level_cache_bytes
 from profile_tools.plan import MIB, ElementwiseCase, SweepPlan
 from profile_tools.timing import HostClock, Timer
 
@@ -101,36 +102,87 @@ class BenchContext:
 
 FLUSH_MODES = ("write", "read")
 """How the cache flush before a GEMM or attention call evicts: ``write`` fills a buffer larger than the
-last-level cache (the default, triton's ``do_bench`` practice), ``read`` sums it. A written buffer leaves
+cache (the default, triton's ``do_bench`` practice), ``read`` sums it. A written buffer leaves
 the cache full of dirty lines whose write-back can land inside the next timed call; a read leaves clean
 lines. On an H200 our written-flush GEMMs at m = 8 came out 27 % above the same GEMMs in a profiled engine
 step (docs/latency_accuracy.md); ``read`` is there to measure whether that is the cause."""
 
+FLUSH_LEVELS = ("llc", "l2")
+"""Which caches the flush evicts. ``llc`` (the default): all of them, with a buffer twice the
+last-level cache, so every GEMM and attention call reads its weights and KV from memory: what a forward
+pass sees when the model's weights and KV cache are larger than the last-level cache, as for any real
+LLM on a GPU (50-60 MB of L2 against gigabytes of weights). ``l2`` (CPU only): only the per-core caches,
+with a buffer twice their total L2 (at least ``L2_FLUSH_MIN_BYTES``), so the call reads its operands
+from the last-level cache: what a forward pass sees when the whole model fits in it, which happens on a
+CPU with a large L3. On the 2-vCPU Intel Xeon VM of 2026-12-04 (480 MiB L3 reported) the tiny
+validation Llama (112 MiB of fp32 weights) decoded a batch of 2 in 3.7 ms, while its GEMMs at m = 2
+timed after an LLC flush took 3-4x their time after an L2 flush (gate_up 448 against 144 us, LM head
+3.9 against 1.7 ms; ``docs/live.md``). The op-level model notes when a profile's level does not suit
+the model it serves (``pdsim.latency.oplevel``)."""
 
-def make_flush(torch, info: DeviceInfo, device, mode: str = "write") -> tuple[Callable[[], object], str]:
-    """A callable that evicts the device's caches, and a line saying how (see the module docstring and
-    ``FLUSH_MODES``).
+L2_FLUSH_MIN_BYTES = 16 * MIB
+
+
+@dataclass(frozen=True)
+class Flush:
+    """The cache flush of a run: ``fn()`` evicts; the rest is written to ``profile.yaml`` (``cache``).
+
+    Attributes:
+        fn: the callable run before every timed GEMM and attention call.
+        note: one line for the profile's notes.
+        mode: ``write`` or ``read`` (``FLUSH_MODES``).
+        level: ``llc`` or ``l2`` (``FLUSH_LEVELS``).
+        flush_bytes: the buffer written or read per flush.
+        llc_bytes: the device's last-level cache (GPU: its L2; CPU: all L3 instances), None if unknown.
+    """
+
+    fn: Callable[[], object]
+    note: str
+    mode: str
+    level: str
+    flush_bytes: int
+    llc_bytes: int | None
+
+
+def make_flush(torch, info: DeviceInfo, device, mode: str = "write", level: str = "llc") -> Flush:
+    """The cache flush of a run (see the module docstring, ``FLUSH_MODES`` and ``FLUSH_LEVELS``).
 
     Raises:
-        ConfigError: an unknown ``mode``.
+        ConfigError: an unknown ``mode`` or ``level``, or ``level`` ``l2`` on a GPU (its L2 is its
+            last-level cache).
     """
     if mode not in FLUSH_MODES:
         raise ConfigError(f"--flush must be one of {list(FLUSH_MODES)}, got {mode!r}")
+    if level not in FLUSH_LEVELS:
+        raise ConfigError(f"--flush-level must be one of {list(FLUSH_LEVELS)}, got {level!r}")
     if info.is_gpu:
+        if level != "llc":
+            raise ConfigError(f"--flush-level {level}: a GPU's L2 is its last-level cache; use --flush-level llc")
         props = torch.cuda.get_device_properties(device)
         l2 = int(getattr(props, "L2_cache_size", 0) or 0)
         size = max(512 * MIB if info.device_type == "rocm" else 256 * MIB, 2 * l2)
         buf = torch.zeros(size // 4, dtype=torch.int32, device=device)
         if mode == "read":
-            return buf.sum, f"GEMM and attention: caches flushed before each call by reading (summing) {size // MIB} MiB on the device"
-        return buf.zero_, f"GEMM and attention: caches flushed before each call by zeroing {size // MIB} MiB on the device"
+            return Flush(buf.sum, f"GEMM and attention: caches flushed before each call by reading (summing) {size // MIB} MiB on the device",
+                         mode, level, size, l2 or None)
+        return Flush(buf.zero_, f"GEMM and attention: caches flushed before each call by zeroing {size // MIB} MiB on the device",
+                     mode, level, size, l2 or None)
     llc = last_level_cache_bytes()
-    size = max(64 * MIB, 2 * (llc or 0))
-    buf = torch.ones(size // 4, dtype=torch.float32)
     llc_text = f"{llc // MIB} MiB LLC" if llc else "LLC size unknown"
+    if level == "l2":
+        l2 = cpu_cache_bytes(2)
+        size = max(L2_FLUSH_MIN_BYTES, 2 * (l2 or 0))
+        what = (f"the per-core caches only ({l2 // MIB} MiB of L2 in all; {llc_text} left warm: operands come "
+                "from the LLC, for models that fit in it)") if l2 else f"the per-core caches only (L2 size unknown; {llc_text} left warm)"
+    else:
+        size = max(64 * MIB, 2 * (llc or 0))
+        what = llc_text
+    buf = torch.ones(size // 4, dtype=torch.float32)
     if mode == "read":
-        return buf.sum, f"GEMM and attention: caches flushed before each call by reading (summing) {size // MIB} MiB ({llc_text})"
-    return (lambda: buf.fill_(1.0)), f"GEMM and attention: caches flushed before each call by writing {size // MIB} MiB ({llc_text})"
+        return Flush(buf.sum, f"GEMM and attention: caches flushed before each call by reading (summing) {size // MIB} MiB ({what})",
+                     mode, level, size, llc)
+    return Flush(lambda: buf.fill_(1.0), f"GEMM and attention: caches flushed before each call by writing {size // MIB} MiB ({what})",
+                 mode, level, size, llc)
 
 
 def _is_oom(torch, exc: BaseException) -> bool:

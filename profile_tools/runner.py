@@ -12,7 +12,7 @@ import pandas as pd
 
 from pdsim.errors import ConfigError, ProfileError
 from pdsim.hardware.gpus import load_gpu_catalog
-from pdsim.profiles.format import DTYPES, TABLES, Profile, ProfileMeta, SoftwareInfo, today, write_profile
+from pdsim.profiles.format import DTYPES, TABLES, CacheInfo, Profile, ProfileMeta, SoftwareInfo, today, write_profile
 from profile_tools.plan import (GPU_DEFAULT_MODELS, GPU_DEFAULT_TPS, GPU_QUICK_MODELS, TABLE_ORDER, Mode, build_plan,
                                 resolve_model, tiny_model_path)
 
@@ -34,6 +34,8 @@ class ProfileRequest:
         notes: lines the user adds to ``profile.yaml``'s notes.
         flush: how the cache is flushed before GEMM and attention calls, ``write`` or ``read``
             (``profile_tools.ops.FLUSH_MODES``).
+        flush_level: which caches the flush evicts, ``llc`` (all) or ``l2`` (CPU: the per-core caches
+            only, for models that fit in the last-level cache; ``profile_tools.ops.FLUSH_LEVELS``).
         time_budget_s: wall-clock budget of the whole sweep (None: none). Each table gets a share of
             what is left when it starts (``TABLE_BUDGET_WEIGHTS``); points past a table's share are
             skipped and counted in the notes, so a run on a lent machine ends in time with every table
@@ -52,6 +54,7 @@ class ProfileRequest:
     notes: tuple[str, ...] = ()
     time_budget_s: float | None = None
     flush: str = "write"
+    flush_level: str = "llc"
 
     def command(self) -> str:
         """The ``pdsim profile`` command line of these options (defaults left out, as a user types it)."""
@@ -72,6 +75,8 @@ class ProfileRequest:
             parts += ["--time-budget-s", f"{self.time_budget_s:g}"]
         if self.flush != "write":
             parts += ["--flush", self.flush]
+        if self.flush_level != "llc":
+            parts += ["--flush-level", self.flush_level]
         for n in self.notes:
             parts += ["--note", n]
         return shlex.join(parts)
@@ -110,15 +115,19 @@ def _resolve(req: ProfileRequest, gpu: bool) -> ProfileRequest:
         raise ConfigError(f"--threads must be >= 1, got {req.threads}")
     if req.max_tokens is not None and req.max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {req.max_tokens}")
-    from profile_tools.ops import FLUSH_MODES
+    from profile_tools.ops import FLUSH_LEVELS, FLUSH_MODES
 
     if req.flush not in FLUSH_MODES:
         raise ConfigError(f"--flush must be one of {list(FLUSH_MODES)}, got {req.flush!r}")
+    if req.flush_level not in FLUSH_LEVELS:
+        raise ConfigError(f"--flush-level must be one of {list(FLUSH_LEVELS)}, got {req.flush_level!r}")
+    if gpu and req.flush_level != "llc":
+        raise ConfigError(f"--flush-level {req.flush_level}: a GPU's L2 is its last-level cache; use --flush-level llc")
     if req.time_budget_s is not None and not req.time_budget_s > 0:
         raise ConfigError(f"--time-budget-s must be > 0, got {req.time_budget_s}")
     return ProfileRequest(req.device, req.out, req.mode, tuple(models), tuple(tps), tuple(dict.fromkeys(dtypes)),
                           req.max_tokens, req.threads, tuple(t for t in TABLE_ORDER if t in tables), req.notes,
-                          req.time_budget_s, req.flush)
+                          req.time_budget_s, req.flush, req.flush_level)
 
 
 TABLE_BUDGET_WEIGHTS = {"gemm": 5.0, "attention_prefill": 2.0, "attention_decode": 2.0, "elementwise": 1.0,
@@ -176,11 +185,11 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
     torch.manual_seed(0)
     clock = CudaEventClock(torch, device) if info.is_gpu else HostClock()
     timer = Timer(clock, plan.timing)
-    flush, flush_note = make_flush(torch, info, device, req.flush)
+    flush = make_flush(torch, info, device, req.flush, req.flush_level)
     sweep = (f"sweep: models {', '.join(_model_label(m, s) for m, s in zip(req.models, models))}; "
              f"TP {', '.join(map(str, req.tps))}; dtypes {', '.join(req.dtypes)}; up to {plan.max_tokens} tokens per batch")
-    ctx = BenchContext(torch, device, info, timer, flush, log, notes=[*req.notes, sweep, *plan.notes])
-    ctx.notes.append(flush_note)
+    ctx = BenchContext(torch, device, info, timer, flush.fn, log, notes=[*req.notes, sweep, *plan.notes])
+    ctx.notes.append(flush.note)
     if isinstance(clock, CudaEventClock):  # how ops without a flush are timed on a GPU
         ctx.notes.append(clock.method_note)
     if not info.is_gpu:  # the same allocator behaviour as the live engine (pdsim.live.hostmem)
@@ -226,7 +235,8 @@ def run_profile(req: ProfileRequest, log: Callable[[str], None] = lambda s: None
             torch.cuda.empty_cache()
     ctx.table = ""
     ctx.deadline_s = None
-    return _finish(req, info, ctx, timer, tables, command, num_threads, started, log)
+    cache = CacheInfo(flush=flush.mode, flush_level=flush.level, flush_bytes=flush.flush_bytes, llc_bytes=flush.llc_bytes)
+    return _finish(req, info, ctx, timer, tables, command, num_threads, started, log, cache)
 
 
 def _measure_table(table: str, ctx, plan, req: ProfileRequest, info, gqa_native: bool) -> list[dict]:
@@ -251,7 +261,7 @@ def _measure_table(table: str, ctx, plan, req: ProfileRequest, info, gqa_native:
 
 
 def _finish(req: ProfileRequest, info, ctx, timer, tables: dict[str, pd.DataFrame], command: str,
-            num_threads: int | None, started: float, log: Callable[[str], None]) -> Profile:
+            num_threads: int | None, started: float, log: Callable[[str], None], cache: CacheInfo | None = None) -> Profile:
     """Write the profile directory of the measured ``tables`` (see ``run_profile``)."""
     if not tables:
         raise ProfileError(f"{req.out}: nothing was measured (tables {list(req.tables)}): " + "; ".join(ctx.notes[-3:]))
@@ -285,6 +295,7 @@ def _finish(req: ProfileRequest, info, ctx, timer, tables: dict[str, pd.DataFram
         command=command,
         software=SoftwareInfo(**info.software),
         mode=req.mode,
+        cache=cache,
         notes="\n".join(dict.fromkeys(ctx.notes)),
     )
     for line in dict.fromkeys(ctx.notes):

@@ -61,8 +61,36 @@ def test_overhead_file_models(tmp_path):
         _overhead_option(0.0, f, "host_floor")
     with pytest.raises(ConfigError, match="needs --overhead-file"):
         _overhead_option(0.0, None, "host_floor")
-    with pytest.raises(ConfigError, match="additive or host_floor"):
+    with pytest.raises(ConfigError, match="must be one of"):
         _overhead_option(0.0, f, "both")
+
+
+def test_the_scaled_overhead_takes_the_grids_kernel_time_scales(tmp_path):
+    f = tmp_path / "o.json"
+    f.write_text(json.dumps({"iteration_overhead_s": 0.02, "kernel_time_scale_decode": 1.8,
+                             "kernel_time_scale_prefill": 1.3}))
+    sc = _overhead_option(0.0, f, "scaled")
+    assert sc["iteration_overhead_s"] == 0.0 and sc["kernel_time_scale"] == (1.8, 1.3)
+    f.write_text(json.dumps({"iteration_overhead_s": 0.02}))  # a grid measured before the scales existed
+    with pytest.raises(ConfigError, match="kernel_time_scale_decode"):
+        _overhead_option(0.0, f, "scaled")
+    f.write_text(json.dumps({"kernel_time_scale_decode": 0.0, "kernel_time_scale_prefill": 1.3}))
+    with pytest.raises(ConfigError, match="finite and > 0"):
+        _overhead_option(0.0, f, "scaled")
+
+
+def test_the_by_phase_overhead_takes_the_grids_decode_and_prefill_medians(tmp_path):
+    f = tmp_path / "o.json"
+    f.write_text(json.dumps({"iteration_overhead_s": 0.02, "overhead_decode_median_s": 0.015,
+                             "overhead_prefill_median_s": 0.05, "method": "m"}))
+    bp = _overhead_option(0.0, f, "by_phase")
+    assert bp["iteration_overhead_s"] == 0.015 and bp["iteration_overhead_prefill_s"] == 0.05
+    assert "decode and prefill iterations" in bp["iteration_overhead_source"]
+    f.write_text(json.dumps({"iteration_overhead_s": 0.02}))
+    with pytest.raises(ConfigError, match="overhead_decode_median_s"):
+        _overhead_option(0.0, f, "by_phase")
+    with pytest.raises(ConfigError, match="needs --overhead-file"):
+        _overhead_option(0.0, None, "by_phase")
 
 
 def test_a_gpu_run_picks_the_measured_profile_of_its_device():
@@ -96,10 +124,21 @@ def test_validating_the_h200_run_with_and_without_the_floor(tmp_path):
     assert "`h200_sxm-measured`" in report and not math.isnan(float(floor["sim_s"].iloc[0]))
 
 
+def test_among_profiles_of_one_cpu_the_flush_that_suits_the_model_comes_first():
+    """The Xeon has an LLC-flushed and an L2-flushed 2-thread profile (480 MiB LLC): the tiny Llama's
+    112 MiB of fp32 weights fit in half of it, so the L2-flushed one; a model of 16 GiB gets the other."""
+    xeon = "Intel(R) Xeon(R) Processor"
+    assert find_cpu_profile(2, None, cpu_name=xeon, weight_bytes=112 * 2**20).name == "cpu-xeon-2c-l2"
+    assert find_cpu_profile(2, None, cpu_name=xeon, weight_bytes=16 * 2**30).name == "cpu-xeon-2c"
+    # one profile of the thread count: taken whatever its flush
+    assert find_cpu_profile(1, None, cpu_name=xeon, weight_bytes=16 * 2**30).name == "cpu-xeon-1t-l2"
+
+
 def test_a_cpu_run_prefers_the_profile_of_its_cpu_model():
     """Two committed 2-thread CPU profiles of different machines: the run's CPU model decides; an unknown
     CPU still gets a 2-thread profile (validate then warns)."""
     assert find_cpu_profile(2, None, cpu_name="Intel(R) Xeon(R) Processor").name == "cpu-xeon-2c"
     assert find_cpu_profile(2, None, cpu_name="AMD EPYC").name == "cpu-epyc-2c"
+    assert find_cpu_profile(1, None, cpu_name="Intel(R) Xeon(R) Processor").name == "cpu-xeon-1t-l2"
     other = find_cpu_profile(2, None, cpu_name="Some Other CPU")
     assert other.meta.device_type == "cpu" and other.meta.num_threads == 2

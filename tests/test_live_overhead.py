@@ -6,6 +6,7 @@ an overhead are refused."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -49,6 +50,9 @@ def test_overhead_is_cycle_minus_prediction(latency):
     assert summary["iteration_overhead_s"] == pytest.approx(float(np.median(df["overhead_s"])))
     assert "median" in summary["method"] and summary["grid"]["batch_sizes"] == [1, 2]
     assert all(np.isfinite(summary[k]) for k in summary if k.endswith("_s"))
+    ratio = df["cycle_s"] / df["predicted_s"]
+    assert summary["kernel_time_scale_decode"] == pytest.approx(float(ratio[df["phase"] == "decode"].median()))
+    assert summary["kernel_time_scale_prefill"] == pytest.approx(float(ratio[df["phase"] == "prefill"].median()))
 
 
 def test_refuses_bad_grids_and_a_model_with_overhead(latency):
@@ -58,3 +62,24 @@ def test_refuses_bad_grids_and_a_model_with_overhead(latency):
     charged = OpLevelModel(latency.profiles, latency.model, tp=1, pp=1, dtype="fp32", gpu=None, iteration_overhead_s=1e-3)
     with pytest.raises(ConfigError, match="iteration_overhead_s = 0"):
         measure_engine_overhead(engine, charged)
+
+
+def test_grid_drift_is_the_median_ratio_of_identical_iterations():
+    from pdsim.live.overhead import GRID_KEYS, grid_drift
+
+    rows = [{"b": b, "prompt_tokens": 64, "phase": phase, "prefill_tokens": 64 * b + i if phase == "prefill" else 0,
+             "decode_seqs": 0 if phase == "prefill" else b, "decode_context_tokens": 0 if phase == "prefill" else 64 * b + i,
+             "cycle_s": 0.01 * b * (i + 1)} for b in (1, 2, 4) for phase in ("prefill", "decode") for i in range(3)]
+    before = pd.DataFrame(rows)
+    after = before.assign(cycle_s=np.where(before["phase"] == "decode", 1.3, 0.9) * before["cycle_s"])
+    drift = grid_drift(before, after.sample(frac=1.0, random_state=0))  # row order does not matter
+    assert drift["decode_ratio_median"] == pytest.approx(1.3) and drift["prefill_ratio_median"] == pytest.approx(0.9)
+    assert drift["iterations"] == len(before)
+    # a shape that occurs twice in each grid pairs first with first, second with second
+    twice = pd.concat([before.iloc[:1], before.iloc[:1].assign(cycle_s=0.05)], ignore_index=True)
+    paired = grid_drift(twice, twice.assign(cycle_s=twice["cycle_s"] * 2))
+    assert paired["prefill_ratio_median"] == pytest.approx(2.0) and paired["iterations"] == 2
+    with pytest.raises(ConfigError, match="no iteration of the same shape"):
+        grid_drift(before, after.assign(b=after["b"] + 100))
+    with pytest.raises(ConfigError, match="missing column"):
+        grid_drift(before.drop(columns=GRID_KEYS[0]), after)

@@ -12,9 +12,9 @@ import pytest
 from pdsim.errors import ProfileError
 from pdsim.hardware.gpus import load_gpu_catalog
 from pdsim.latency.base import BatchShape
-from pdsim.latency.oplevel import MEM_BW_EFFICIENCY, MEM_CONSTANT_LATENCY_S, OpLevelModel, layer_shapes
+from pdsim.latency.oplevel import MEM_BW_EFFICIENCY, MEM_CONSTANT_LATENCY_S, OpLevelModel, layer_shapes, suggested_flush_level
 from pdsim.models.arch import ModelSpec
-from pdsim.profiles.format import ProfileMeta, write_profile
+from pdsim.profiles.format import CacheInfo, ProfileMeta, load_profile, write_profile
 
 MODEL = ModelSpec(
     name="toy", num_layers=4, hidden_size=512, num_attention_heads=8, num_kv_heads=2, head_dim=64,
@@ -39,7 +39,7 @@ def ew_t(op, m, width):
 
 
 def _profile(tmp_path, name="toy", shapes=None, tables=("gemm", "attention_prefill", "attention_decode", "elementwise", "collective"),
-             dtype="bf16", gemm_grid=None):
+             dtype="bf16", gemm_grid=None, cache=None):
     rows = []
     if gemm_grid is not None:
         pairs = [(n, k) for n in gemm_grid for k in gemm_grid]
@@ -73,7 +73,7 @@ def _profile(tmp_path, name="toy", shapes=None, tables=("gemm", "attention_prefi
             + [("send_recv", "nccl", dtype, 2, b, SR_A + SR_B * b) for b in sizes],
             columns=["op", "backend", "dtype", "world_size", "message_bytes", "latency_s"])
     meta = ProfileMeta(name=name, source_kind="measured", device_type="cpu", vendor="test", device_name="synthetic",
-                       date="2026-11-21", command="test")
+                       date="2026-11-21", command="test", cache=cache)
     return write_profile(tmp_path / name, meta, out)
 
 
@@ -293,3 +293,96 @@ def test_a_negative_host_floor_is_refused(tmp_path):
     prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
     with pytest.raises(ProfileError, match="host floor"):
         OpLevelModel([prof], MODEL, dtype="bf16", host_floor_s=-1e-3)
+
+
+# ---- the profile's cache flush against the model's size ----------------------------------------------
+
+MIB = 2**20
+
+
+def test_suggested_flush_level_is_l2_only_when_the_weights_fit_in_half_the_llc():
+    assert suggested_flush_level(64 * MIB, 128 * MIB) == "l2"
+    assert suggested_flush_level(64 * MIB + 1, 128 * MIB) == "llc"
+    assert suggested_flush_level(1, None) == "llc"  # unknown cache size: the cold-cache default
+    assert suggested_flush_level(1, 0) == "llc"
+
+
+@pytest.mark.parametrize("level, llc_mib, says", [
+    ("llc", 1024, "over-charged"),   # the toy model's ~27 MiB of bf16 weights stay in a 1 GiB LLC
+    ("l2", 1024, None),
+    ("l2", 16, "under-charged"),     # ... but not in a 16 MiB one
+    ("llc", 16, None),
+])
+def test_a_profile_whose_flush_does_not_suit_the_model_is_noted(tmp_path, level, llc_mib, says):
+    weights = MODEL.weight_bytes_per_gpu(1, 1, 2)
+    assert 16 * MIB < weights < 512 * MIB  # the premise of the cases above
+    cache = CacheInfo(flush="write", flush_level=level, flush_bytes=32 * MIB, llc_bytes=llc_mib * MIB)
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1), cache=cache)
+    assert load_profile(prof.path).meta.cache == cache  # written to and read back from profile.yaml
+    notes = [n for n in OpLevelModel([prof], MODEL, dtype="bf16").notes if "flush" in n]
+    if says is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and says in notes[0] and f"{weights / MIB:.0f} MiB" in notes[0], notes
+
+
+def test_a_profile_without_cache_metadata_gets_no_cache_note(tmp_path):
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    assert prof.meta.cache is None
+    assert not [n for n in OpLevelModel([prof], MODEL, dtype="bf16").notes if "flush" in n]
+
+
+def test_iterations_that_prefill_pay_their_own_overhead(tmp_path):
+    """``iteration_overhead_prefill_s`` replaces ``iteration_overhead_s`` on every iteration that
+    prefills (mixed ones too), in ``iteration_s``, ``stage_times_s`` and ``breakdown_s``; pure decode
+    iterations keep ``iteration_overhead_s``; None is the old single overhead."""
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    base = OpLevelModel([prof], MODEL, dtype="bf16", iteration_overhead_s=0.0)
+    lm = OpLevelModel([prof], MODEL, dtype="bf16", iteration_overhead_s=1e-3, iteration_overhead_prefill_s=5e-3)
+    same = OpLevelModel([prof], MODEL, dtype="bf16", iteration_overhead_s=1e-3)
+    assert same.iteration_overhead_prefill_s == 1e-3
+    decode = BatchShape(decode_seqs=4, decode_context_tokens=400)
+    mixed = BatchShape(prefill_tokens=128, prefill_seqs=1, prefill_square_tokens=128 * 128, decode_seqs=4, decode_context_tokens=400)
+    prefill = BatchShape(prefill_tokens=256, prefill_seqs=2, prefill_square_tokens=2 * 128 * 128)
+    assert lm.iteration_s(decode) == pytest.approx(base.iteration_s(decode) + 1e-3, rel=1e-12)
+    assert lm.decode_s(4, 400) == pytest.approx(base.decode_s(4, 400) + 1e-3, rel=1e-12)
+    for shape in (mixed, prefill):
+        assert lm.iteration_s(shape) == pytest.approx(base.iteration_s(shape) + 5e-3, rel=1e-12)
+        assert same.iteration_s(shape) == pytest.approx(base.iteration_s(shape) + 1e-3, rel=1e-12)
+        assert lm.breakdown_s(shape)["iteration_overhead"] == 5e-3
+    assert lm.breakdown_s(decode)["iteration_overhead"] == 1e-3
+    pp = OpLevelModel([prof], MODEL, pp=2, dtype="bf16", iteration_overhead_s=1e-3, iteration_overhead_prefill_s=5e-3)
+    pp0 = OpLevelModel([prof], MODEL, pp=2, dtype="bf16")
+    assert pp.stage_times_s(mixed)[0] == pytest.approx(pp0.stage_times_s(mixed)[0] + 5e-3, rel=1e-12)
+    assert pp.stage_times_s(decode)[0] == pytest.approx(pp0.stage_times_s(decode)[0] + 1e-3, rel=1e-12)
+    assert pp.stage_times_s(mixed)[1] == pytest.approx(pp0.stage_times_s(mixed)[1], rel=1e-12)
+
+
+def test_kernel_time_scales_multiply_the_kernels_of_each_kind_of_iteration(tmp_path):
+    """``kernel_time_scale`` multiplies the profiled kernels of pure decode iterations,
+    ``kernel_time_scale_prefill`` those of iterations that prefill (default: the decode one); the
+    overheads are added on top and the breakdown still sums to the iteration."""
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    base = OpLevelModel([prof], MODEL, dtype="bf16")
+    lm = OpLevelModel([prof], MODEL, dtype="bf16", iteration_overhead_s=1e-3, kernel_time_scale=2.0,
+                      kernel_time_scale_prefill=1.25)
+    decode = BatchShape(decode_seqs=4, decode_context_tokens=400)
+    mixed = BatchShape(prefill_tokens=128, prefill_seqs=1, prefill_square_tokens=128 * 128, decode_seqs=4, decode_context_tokens=400)
+    assert lm.iteration_s(decode) == pytest.approx(1e-3 + 2.0 * base.iteration_s(decode), rel=1e-12)
+    assert lm.decode_s(4, 400) == pytest.approx(1e-3 + 2.0 * base.decode_s(4, 400), rel=1e-12)
+    assert lm.iteration_s(mixed) == pytest.approx(1e-3 + 1.25 * base.iteration_s(mixed), rel=1e-12)
+    for shape in (decode, mixed):
+        parts = lm.breakdown_s(shape)
+        assert sum(parts.values()) == pytest.approx(lm.iteration_s(shape), rel=1e-9)
+    one = OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale=1.5)
+    assert one.kernel_time_scale_prefill == 1.5
+    assert one.iteration_s(mixed) == pytest.approx(1.5 * base.iteration_s(mixed), rel=1e-12)
+    pp = OpLevelModel([prof], MODEL, pp=2, dtype="bf16", kernel_time_scale=2.0, kernel_time_scale_prefill=1.25)
+    pp0 = OpLevelModel([prof], MODEL, pp=2, dtype="bf16")
+    np.testing.assert_allclose(pp.stage_times_s(decode), [2.0 * t for t in pp0.stage_times_s(decode)], rtol=1e-12)
+    np.testing.assert_allclose(pp.stage_times_s(mixed), [1.25 * t for t in pp0.stage_times_s(mixed)], rtol=1e-12)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ProfileError, match="kernel time scales"):
+            OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale=bad)
+    with pytest.raises(ProfileError, match="kernel time scales"):
+        OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale_prefill=0.0)

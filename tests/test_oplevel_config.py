@@ -150,3 +150,23 @@ def test_host_floor_reaches_the_latency_model_from_the_yaml(tmp_path):
     assert len(stages) == 2 and min(stages) >= 0.015
     data["latency_models"]["h100"]["host_floor_s"] = -1.0
     assert_user_error(run_cli("check", write_yaml(tmp_path, data)), "host_floor_s")
+
+
+def test_the_prefill_overhead_and_kernel_time_scales_reach_the_latency_model_from_the_yaml(tmp_path):
+    data = oplevel_data()
+    data["latency_models"]["h100"].update(iteration_overhead_s=0.001, iteration_overhead_prefill_s=0.004,
+                                          kernel_time_scale=1.5, kernel_time_scale_prefill=1.2)
+    plans = plan_deployments(load_experiment_file(write_yaml(tmp_path, data)))
+    lm = plans[0].pools[0].build_latency()
+    assert (lm.iteration_overhead_s, lm.iteration_overhead_prefill_s) == (0.001, 0.004)
+    assert (lm.kernel_time_scale, lm.kernel_time_scale_prefill) == (1.5, 1.2)
+    unset = oplevel_data()
+    unset["latency_models"]["h100"].update(iteration_overhead_s=0.001)
+    same = plan_deployments(load_experiment_file(write_yaml(tmp_path, unset)))[0].pools[0].build_latency()
+    assert same.iteration_overhead_prefill_s == 0.001  # unset: the single overhead
+    assert (same.kernel_time_scale, same.kernel_time_scale_prefill) == (1.0, 1.0)
+    data["latency_models"]["h100"]["iteration_overhead_prefill_s"] = -1.0
+    assert_user_error(run_cli("check", write_yaml(tmp_path, data)), "iteration_overhead_prefill_s")
+    data["latency_models"]["h100"]["iteration_overhead_prefill_s"] = 0.004
+    data["latency_models"]["h100"]["kernel_time_scale"] = 0
+    assert_user_error(run_cli("check", write_yaml(tmp_path, data)), "kernel_time_scale")

@@ -361,3 +361,66 @@ def test_the_flush_can_read_instead_of_write(tmp_path):
     assert "--flush read" in profile.meta.command and len(profile.table("attention_decode")) > 0
     assert_user_error(runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--flush", "evict",
                                           "--out", str(tmp_path / "x")]), "--flush must be one of")
+
+
+def _fake_cpu_caches(root: Path, caches: dict[int, list[tuple[int, str, str, str]]]) -> None:
+    """A sysfs CPU tree: ``{cpu: [(level, type, size, shared_cpu_list), ...]}``."""
+    for cpu, entries in caches.items():
+        for i, (level, kind, size, shared) in enumerate(entries):
+            d = root / f"cpu{cpu}" / "cache" / f"index{i}"
+            d.mkdir(parents=True)
+            for name, value in (("level", str(level)), ("type", kind), ("size", size), ("shared_cpu_list", shared)):
+                (d / name).write_text(value + "\n")
+
+
+def test_cpu_cache_sizes_add_up_each_instance_once(tmp_path):
+    from profile_tools.device import cpu_cache_bytes
+
+    # two cores with private L1d/L1i/L2 and one shared L3
+    per_core = lambda c: [(1, "Data", "48K", str(c)), (1, "Instruction", "64K", str(c)), (2, "Unified", "2048K", str(c)),
+                          (3, "Unified", "480M", "0-1")]
+    _fake_cpu_caches(tmp_path, {0: per_core(0), 1: per_core(1)})
+    root = str(tmp_path)
+    assert cpu_cache_bytes(2, root) == 4 * 2**20
+    assert cpu_cache_bytes(None, root) == 480 * 2**20
+    assert cpu_cache_bytes(1, root) == 96 * 2**10  # data caches only
+    assert cpu_cache_bytes(4, root) is None
+    assert cpu_cache_bytes(None, str(tmp_path / "missing")) is None
+
+
+def test_the_flush_level_l2_flushes_only_the_per_core_caches_and_is_recorded(tmp_path):
+    from profile_tools.device import cpu_cache_bytes, last_level_cache_bytes
+    from profile_tools.ops import L2_FLUSH_MIN_BYTES
+
+    out = tmp_path / "l2"
+    result = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--tables", "gemm",
+                                 "--flush-level", "l2", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    meta = load_profile(out).meta
+    assert meta.cache is not None and meta.cache.flush == "write" and meta.cache.flush_level == "l2"
+    assert meta.cache.flush_bytes == max(L2_FLUSH_MIN_BYTES, 2 * (cpu_cache_bytes(2) or 0))
+    assert meta.cache.llc_bytes == last_level_cache_bytes()
+    assert "--flush-level l2" in meta.command and "per-core caches only" in meta.notes
+
+
+def test_the_default_flush_level_is_the_llc_and_is_recorded(quick_profile):
+    from profile_tools.device import last_level_cache_bytes
+
+    out, _ = quick_profile
+    cache = load_profile(out).meta.cache
+    llc = last_level_cache_bytes()
+    assert cache is not None and cache.flush_level == "llc" and cache.flush_bytes == max(64 * 2**20, 2 * (llc or 0))
+
+
+def test_a_bad_flush_level_is_a_user_error(tmp_path):
+    assert_user_error(runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--flush-level", "l3",
+                                          "--out", str(tmp_path / "x")]), "--flush-level must be one of")
+
+
+def test_the_flush_level_l2_is_refused_on_a_gpu():
+    from profile_tools.device import DeviceInfo
+    from profile_tools.ops import make_flush
+
+    gpu = DeviceInfo(parse_device("cuda"), "cuda", "NVIDIA", "NVIDIA H200", "H200-SXM", None, 1)
+    with pytest.raises(ConfigError, match="a GPU's L2 is its last-level cache"):
+        make_flush(torch, gpu, None, "write", "l2")

@@ -1,7 +1,7 @@
 """``pdsim validate``: a tiny live run of the default tiny Llama (2 threads, matching a committed 2-thread
 CPU profile, of the same CPU model where one exists) is simulated request for request; the report exists, every relative error is finite,
 the simulated run has the live run's requests and tokens; a disaggregated run (1 thread per worker) is
-simulated as a prefill and a decode instance on cpu-epyc-1t linked by its measured gloo table; a
+simulated as a prefill and a decode instance on the 1-thread CPU profile linked by its measured gloo table; a
 validation experiment YAML runs the live side first; bad input exits 2 with one ``error:`` line."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from pdsim.cli import app  # noqa: E402
+from pdsim.live.validate import find_cpu_profile, host_speed, speed_spread  # noqa: E402
 from pdsim.profiles.format import list_profile_dirs, load_profile  # noqa: E402
 
 runner = CliRunner()
@@ -116,7 +117,9 @@ def test_validate_disaggregated_run(disagg_run, tmp_path):
     assert res.exit_code == 0, res.output
     report = (out / "report.md").read_text()
     assert "one prefill and one decode instance (disaggregated)" in report
-    assert "cpu-epyc-1t" in report and "send_recv gloo" in report and "a test figure" in report
+    cpu = json.loads((disagg_run / "manifest.json").read_text())["device_name"]
+    one_thread = find_cpu_profile(1, None, cpu_name=cpu).name  # cpu-xeon-1t or cpu-epyc-1t by the machine
+    assert f"`{one_thread}`" in report and "send_recv gloo" in report and "a test figure" in report
     assert "iteration_overhead_s = 0.500 ms" in report
     assert "- prefill: same iteration shapes" in report and "- decode: same iteration shapes" in report
     cmp = pd.read_csv(out / "comparison.csv")
@@ -194,3 +197,46 @@ def test_validate_needs_exactly_one_input(live_run, tmp_path):
     assert code == 2 and "one of them" in lines[0]
     code, lines = _err(runner.invoke(app, ["validate", str(tmp_path / "v.yaml"), "--live-run", str(live_run)]))
     assert code == 2 and "one of them" in lines[0]
+
+
+# ---- the host's speed during a live run ----------------------------------------------------------------
+
+def _its(starts, prefill_tokens, decode_seqs, loop_s):
+    n = len(starts)
+    return pd.DataFrame({"start_s": starts, "duration_s": loop_s, "host_s": np.zeros(n),
+                         "prefill_tokens": prefill_tokens, "prefill_seqs": [1 if p else 0 for p in prefill_tokens],
+                         "decode_seqs": decode_seqs, "decode_context_tokens": [100 * d for d in decode_seqs]})
+
+
+def test_host_speed_cancels_the_models_shape_error_and_the_shape_mix():
+    """The model is off by a different factor for every shape class, and the classes' mix changes from
+    window to window, but the host's speed is constant: every window's speed is 1 and the spread 0."""
+    rng = np.random.default_rng(0)
+    n = 600
+    starts = np.sort(rng.uniform(0, 30, n))
+    decode = np.where(starts < 15, 1, 16)          # small batches first, large ones later
+    prefill = np.where(rng.uniform(size=n) < 0.1, 256, 0)
+    pred = np.where(prefill > 0, 0.05, 0.002 * decode)
+    error = np.where(prefill > 0, 1.3, np.where(decode == 1, 0.8, 1.25))  # the model's error per class
+    its = _its(starts, prefill, decode, pred * error)
+    w = host_speed(its, pred)
+    assert list(w["window_start_s"]) == [0.0, 10.0, 20.0]
+    assert w["iterations"].sum() == n
+    np.testing.assert_allclose(w["speed"], 1.0)
+    assert speed_spread(w) == pytest.approx(0.0)
+    assert not np.allclose(w["ratio_median"], w["ratio_median"].iloc[0])  # the raw ratio moves with the mix
+
+
+def test_host_speed_shows_a_host_that_slows_down():
+    starts = np.arange(0, 30, 0.05)
+    decode = np.full(len(starts), 4)
+    pred = np.full(len(starts), 0.004)
+    slow = np.where(starts >= 20, 1.5, 1.0)        # the last 10 s run 50 % slower
+    w = host_speed(_its(starts, np.zeros(len(starts), int), decode, pred * slow), pred)
+    assert w["speed"].iloc[2] / w["speed"].iloc[0] == pytest.approx(1.5)
+    assert speed_spread(w) == pytest.approx(0.5)
+
+
+def test_speed_spread_needs_two_windows_with_enough_iterations():
+    w = pd.DataFrame({"window_start_s": [0.0, 10.0], "iterations": [100, 3], "ratio_median": [1.0, 2.0], "speed": [1.0, 2.0]})
+    assert np.isnan(speed_spread(w))

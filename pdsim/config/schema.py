@@ -148,6 +148,11 @@ class OpLevelLatency(_Strict):
         dtype / kv_dtype: precision of the GEMMs and of the KV cache; default: the model's.
         iteration_overhead_s: time per iteration outside the profiled kernels (scheduling, input
             preparation, sampling); default 0.
+        iteration_overhead_prefill_s: the same for an iteration that prefills any token; default
+            (None) ``iteration_overhead_s``.
+        kernel_time_scale, kernel_time_scale_prefill: factors on the profiled kernels' time of a pure
+            decode iteration and of an iteration that prefills (default 1 and ``kernel_time_scale``):
+            an engine calibrated against the profile on a synthetic grid (``pdsim.live.overhead``).
         all_reduce_backend: ``auto`` (the fastest measured backend at each message size) or a backend
             name of the profile's collective table (e.g. ``nccl``).
         host_floor_s, host_floor_per_prefill_seq_s: the serving engine's host time to issue one
@@ -161,6 +166,9 @@ class OpLevelLatency(_Strict):
     dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
     kv_dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
     iteration_overhead_s: float = Field(default=0.0, ge=0)
+    iteration_overhead_prefill_s: float | None = Field(default=None, ge=0)
+    kernel_time_scale: float = Field(default=1.0, gt=0)
+    kernel_time_scale_prefill: float | None = Field(default=None, gt=0)
     all_reduce_backend: str = "auto"
     host_floor_s: float = Field(default=0.0, ge=0)
     host_floor_per_prefill_seq_s: float = Field(default=0.0, ge=0)

@@ -63,7 +63,10 @@ bandwidth, ``bytes / (mem_bw x 0.8) + 3 us`` (aiconfigurator's ``mem_bw_empirica
 ``mem_empirical_constant_latency``, ai-dynamo/aiconfigurator@095f58a5 systems/*.yaml); collectives fall
 back to a ring all-reduce ``2 (t-1)/t x bytes / bw + 10 us`` (all-gather ``(t-1) x`` the per-rank part; send/recv
 ``bytes / bw + 10 us``) on the datasheet's intra-node bandwidth per GPU and direction (``p2p_latency``
-from the same files). Every fallback is listed in ``describe()``.
+from the same files). Every fallback is listed in ``describe()``. A measured profile records how its GEMM and
+attention calls were flushed (``ProfileMeta.cache``: the whole cache, or only the per-core caches of a
+CPU whose last-level cache holds the model); ``notes`` says when that does not suit the model served
+(``suggested_flush_level``).
 
 ``all_reduce_backend: auto`` takes, at each message size, the fastest backend the profile measured
 (vLLM picks its custom all-reduce over NCCL where it is faster and eligible); a named backend uses only
@@ -92,10 +95,27 @@ not fitted: ``pdsim.live.overhead.compare_grid`` takes them from the live engine
 (docs/live.md); on an H200 the eager reference engine's decode iterations of Llama-3.1-8B took 17-38 ms
 against 5-8 ms of kernels (benchmarks/results/h200/, 2026-12-04).
 
+Engine calibration: a serving engine can run the profiled kernels slower (or faster) than the isolated
+micro-benchmarks that timed them, by a factor that depends on the kind of iteration: on a CPU whose
+last-level cache holds the model, decode reads weights the previous iteration left there, or that other
+processes evicted. ``kernel_time_scale`` multiplies the kernels of a pure decode iteration and
+``kernel_time_scale_prefill`` those of an iteration that prefills (PP: every stage's kernels; the host
+floor and the overheads are not scaled):
+
+    t_iter = overhead + max(scale x kernels, host floor)
+
+Both default to 1. They are measured, not fitted: ``pdsim.live.overhead.compare_grid`` gives the
+medians of (engine cycle / kernels) over a synthetic grid's decode and prefill iterations
+(``pdsim validate --overhead-model scaled``; 1.4-2.2 for decode and 1.2-1.5 for prefill on a 2-vCPU
+Intel Xeon VM, docs/live.md).
+
 Precision: ``dtype`` is the weight and GEMM precision (``fp8`` = W8A8 GEMMs with bf16 activations and
 attention), ``kv_dtype`` the KV cache's (defaults to ``dtype``, bf16 for fp8). The per-iteration
 overhead (scheduling, input preparation, sampling, and kernel launches the profile's kernel timings do
-not include) is the named parameter ``iteration_overhead_s``; see ``DEFAULT_ITERATION_OVERHEAD_S``.
+not include) is the named parameter ``iteration_overhead_s``; see ``DEFAULT_ITERATION_OVERHEAD_S``. With
+``iteration_overhead_prefill_s`` set, an iteration that prefills any token pays that instead (pure
+decode iterations keep ``iteration_overhead_s``): an engine's time outside the profiled kernels differs
+between the two kinds of iteration (the live CPU engine's grid: docs/live.md).
 """
 
 from __future__ import annotations
@@ -195,6 +215,11 @@ class OpLevelModel:
             (bf16 for fp8).
         gpu: the GPU's datasheet (roofline fallbacks); None for a CPU.
         iteration_overhead_s: per-iteration overhead (seconds).
+        iteration_overhead_prefill_s: the overhead of an iteration that prefills (seconds); None: the
+            same as ``iteration_overhead_s``.
+        kernel_time_scale, kernel_time_scale_prefill: factors on the profiled kernels' time of a pure
+            decode iteration and of one that prefills (None: ``kernel_time_scale``); 1 = the profile as
+            measured (module docstring, "Engine calibration").
         all_reduce_backend: ``auto`` or a backend name of the profile's collective table.
         host_floor_s, host_floor_per_prefill_seq_s: the host's time to issue one iteration, fixed and
             per prefilled request (seconds; module docstring, "Host floor"); 0 = no floor.
@@ -218,6 +243,9 @@ class OpLevelModel:
         stage_layers: tuple[int, ...] | None = None,
         host_floor_s: float = 0.0,
         host_floor_per_prefill_seq_s: float = 0.0,
+        iteration_overhead_prefill_s: float | None = None,
+        kernel_time_scale: float = 1.0,
+        kernel_time_scale_prefill: float | None = None,
     ):
         if not profiles:
             raise ProfileError("op-level latency model: no profile given")
@@ -240,6 +268,14 @@ class OpLevelModel:
         self.attn_dtype = "bf16" if dtype == "fp8" else dtype
         self.act_bytes = 2 if dtype == "fp8" else dtype_bytes(dtype)
         self.iteration_overhead_s = float(iteration_overhead_s)
+        self.iteration_overhead_prefill_s = (self.iteration_overhead_s if iteration_overhead_prefill_s is None
+                                             else float(iteration_overhead_prefill_s))
+        scale_prefill = kernel_time_scale if kernel_time_scale_prefill is None else kernel_time_scale_prefill
+        if not (kernel_time_scale > 0 and scale_prefill > 0 and math.isfinite(kernel_time_scale) and math.isfinite(scale_prefill)):
+            raise ProfileError(f"op-level latency model: kernel time scales must be finite and > 0, got "
+                               f"{kernel_time_scale} and {scale_prefill} (prefill)")
+        self.kernel_time_scale = float(kernel_time_scale)
+        self.kernel_time_scale_prefill = float(scale_prefill)
         if host_floor_s < 0 or host_floor_per_prefill_seq_s < 0:
             raise ProfileError(f"op-level latency model: host floor must be >= 0, got {host_floor_s} s + "
                                f"{host_floor_per_prefill_seq_s} s per prefilled request")
@@ -285,6 +321,7 @@ class OpLevelModel:
         gdt = self._pick_dtype(gemm, "dtype", self.dtype, where)
         gemm_all, gemm = gemm, gemm[gemm.dtype == gdt]
         self.sources["gemm"] = gp.name
+        self._note_cache_state(gp)
         curves = {s.name: self._gemm_curve(gemm, s, where) for s in [*shapes, lm_head] if s.name not in UNQUANTISED_GEMMS}
         unquantised = [s for s in shapes if s.name in UNQUANTISED_GEMMS]
         if unquantised:
@@ -401,6 +438,34 @@ class OpLevelModel:
         self._components = {"gemm": {s.name: (s.n, s.k) for s in [*shapes, lm_head]}}
         if m.is_moe:
             self._components["moe"] = dict(self._moe_key)
+
+    def _note_cache_state(self, profile: Profile) -> None:
+        """Note when the GEMM profile's cache flush does not suit this model (``ProfileMeta.cache``,
+        ``profile_tools.ops.FLUSH_LEVELS``): a profile flushed to the last-level cache charges the model's
+        GEMMs as if their weights came from memory, which over-charges memory-bound ones (decode) when
+        the weights fit in half that cache; one that flushed only the per-core caches charges them as if
+        the weights came from the last-level cache, which under-charges them when the weights take more
+        than half of it (``suggested_flush_level``)."""
+        cache = profile.meta.cache
+        if cache is None or not cache.llc_bytes:
+            return
+        weights = self.model.weight_bytes_per_gpu(self.tp, self.pp, dtype_bytes(self.dtype))
+        mib, llc = 2**20, cache.llc_bytes
+        where = f"profile {profile.name!r}"
+        suits = suggested_flush_level(weights, llc)
+        if cache.flush_level == suits:
+            return
+        if cache.flush_level == "l2":
+            self.notes.append(
+                f"{where} flushed only the per-core caches (operands from its {llc / mib:.0f} MiB last-level cache), "
+                f"but {self.model.name}'s weights per device are {weights / mib:.0f} MiB, more than half of it: "
+                "memory-bound GEMMs are "
+                "likely under-charged; a profile measured with --flush-level llc suits this model")
+        elif cache.flush_level == "llc":
+            self.notes.append(
+                f"{where} flushed the last-level cache ({llc / mib:.0f} MiB) before each call, but "
+                f"{self.model.name}'s weights per device ({weights / mib:.0f} MiB) fit in it: memory-bound GEMMs "
+                "(decode) are likely over-charged; a profile measured with --flush-level l2 suits this model")
 
     def _moe(self) -> "_Op":
         """The fused routed-expert kernel of one MoE layer over tokens, from the first profile whose
@@ -637,7 +702,7 @@ class OpLevelModel:
         if axis is not None:
             self._decode_oor[batch_size] = axis
         kernels = base + self._layers * self._decode_attn_scale * attn
-        return self.iteration_overhead_s + max(kernels, self.host_floor_s)
+        return self.iteration_overhead_s + max(self.kernel_time_scale * kernels, self.host_floor_s)
 
     def record_decode(self, batch_size: int, iterations: int) -> None:
         """Count ``iterations`` executed pure-decode lookups at ``batch_size``."""
@@ -661,7 +726,13 @@ class OpLevelModel:
         t += self._layers * self._prefill_attn_scale * self._prefill_attn_at(shape, st)
         if d:
             t += self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, st, "decode_attention")
-        return self.iteration_overhead_s + max(t, self.host_floor_at(n_p))
+        return self.iteration_overhead_prefill_s + max(self.kernel_time_scale_prefill * t, self.host_floor_at(n_p))
+
+    def _overhead_for(self, shape: BatchShape) -> float:
+        return self.iteration_overhead_prefill_s if shape.prefill_tokens else self.iteration_overhead_s
+
+    def _scale_for(self, shape: BatchShape) -> float:
+        return self.kernel_time_scale_prefill if shape.prefill_tokens else self.kernel_time_scale
 
     def host_floor_at(self, prefill_seqs: int) -> float:
         """The host's time to issue an iteration with ``prefill_seqs`` prefilled requests (seconds;
@@ -692,9 +763,10 @@ class OpLevelModel:
         last = self._sampled_s(n_p + d, st)
         end = self.pp - 1
         floor = self.host_floor_at(n_p) / self.model.num_layers
+        scale = self._scale_for(shape)
         return tuple(
-            (self.iteration_overhead_s if i == 0 else 0.0)
-            + max(n * per_layer + (first if i == 0 else 0.0) + (handoff if i < end else last), n * floor)
+            (self._overhead_for(shape) if i == 0 else 0.0)
+            + max(scale * (n * per_layer + (first if i == 0 else 0.0) + (handoff if i < end else last)), n * floor)
             for i, n in enumerate(self.stage_layers)
         )
 
@@ -706,14 +778,15 @@ class OpLevelModel:
         rounding (each op is piecewise linear on the breakpoints its sum is tabulated on). Counts nothing."""
         n_p, d = shape.prefill_seqs, shape.decode_seqs
         tokens, seqs = shape.prefill_tokens + d, n_p + d
-        out = {"iteration_overhead": self.iteration_overhead_s}
+        out = {"iteration_overhead": self._overhead_for(shape)}
+        scale = self._scale_for(shape)
         for parts, size in ((self._parts_t, tokens), (self._parts_s, seqs)):
             for name, mult, op, unit in parts:
-                out[name] = out.get(name, 0.0) + mult * op.values([size * unit])[0]
+                out[name] = out.get(name, 0.0) + scale * mult * op.values([size * unit])[0]
         if shape.prefill_tokens:
-            out["attention_prefill"] = self._layers * self._prefill_attn_scale * self._prefill_attn_at(shape, None)
+            out["attention_prefill"] = scale * self._layers * self._prefill_attn_scale * self._prefill_attn_at(shape, None)
         if d:
-            out["attention_decode"] = self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, None, "")
+            out["attention_decode"] = scale * self._layers * self._decode_attn_scale * self._decode_attn.at(d, shape.decode_context_tokens / d, None, "")
         kernels = sum(v for k, v in out.items() if k != "iteration_overhead")
         out["host_floor_excess"] = max(0.0, self.host_floor_at(n_p) - kernels)
         return out
@@ -736,6 +809,9 @@ class OpLevelModel:
             "dtype": self.dtype,
             "kv_dtype": self.kv_dtype,
             "iteration_overhead_s": self.iteration_overhead_s,
+            "iteration_overhead_prefill_s": self.iteration_overhead_prefill_s,
+            "kernel_time_scale": self.kernel_time_scale,
+            "kernel_time_scale_prefill": self.kernel_time_scale_prefill,
             "host_floor_s": self.host_floor_s,
             "host_floor_per_prefill_seq_s": self.host_floor_per_prefill_seq_s,
             "all_reduce_backend": self.all_reduce_backend,
@@ -745,6 +821,14 @@ class OpLevelModel:
             "tokens_measured_max": self.tokens_measured_max,
             "notes": list(self.notes),
         }
+
+
+def suggested_flush_level(weight_bytes: int, llc_bytes: int | None) -> str:
+    """The ``pdsim profile --flush-level`` whose timings a model's forward pass sees: ``l2`` when the
+    model's weights per device (``weight_bytes``) fit in half the last-level cache (``llc_bytes``: they
+    stay in it from one iteration to the next, the other half left for the KV cache, activations and
+    other processes), ``llc`` otherwise or when the cache size is unknown (``profile_tools.ops.FLUSH_LEVELS``)."""
+    return "l2" if llc_bytes and weight_bytes <= llc_bytes / 2 else "llc"
 
 
 _SINK = LookupStats()  # absorbs counts of precomputed curves (their range is checked by the caller)

@@ -9,7 +9,9 @@ growing context), one grid point after the other. The engine is never idle insid
 iteration costs ``cycle = start of the next iteration - start of this one`` (scheduling, input
 preparation, the forward pass, sampling, bookkeeping). For the same batch shape the op-level model with
 ``iteration_overhead_s = 0`` predicts the profiled kernels' time; ``cycle - prediction`` is the time the
-model does not charge. ``iteration_overhead_s`` is the **median** over all iterations of the grid (the
+model does not charge, and ``cycle / prediction`` how much slower than its micro-benchmarks the engine
+runs them (``kernel_time_scale_decode`` / ``_prefill``: its medians over the grid's pure decode and
+prefill iterations, for ``pdsim validate --overhead-model scaled``). ``iteration_overhead_s`` is the **median** over all iterations of the grid (the
 last iteration of every point is left out: it has no successor). Also recorded: the median of the log's
 ``host_s`` (engine time outside ``LlamaModel.step``) and of ``duration_s - prediction`` (time inside the
 step beyond the profiled kernels: Python, tensor set-up, small unprofiled ops), whose sum is about the
@@ -17,7 +19,8 @@ overhead, so the split is visible.
 
 The two halves can run apart: ``run_grid`` needs torch and the device (on a borrowed GPU,
 ``benchmarks/engine_grid.py``), ``compare_grid`` only the saved frame and a profile
-(``benchmarks/compare_grid.py``). ``compare_grid`` also fits the op-level model's host floor
+(``benchmarks/compare_grid.py``). ``grid_drift`` compares two runs of the grid, one before and one after
+a live run, to tell whether the host kept its speed in between. ``compare_grid`` also fits the op-level model's host floor
 (``fit_host_floor``: the step time as ``max(kernels, floor)``), the model for an engine whose host cannot
 launch kernels as fast as the device runs them (``pdsim validate --overhead-model host_floor``).
 
@@ -111,6 +114,8 @@ def compare_grid(grid: pd.DataFrame, latency, *, engine_config: dict | None = No
         "overhead_p90_s": float(df["overhead_s"].quantile(0.9)),
         "overhead_decode_median_s": float(df.loc[df["phase"] == "decode", "overhead_s"].median()),
         "overhead_prefill_median_s": float(df.loc[df["phase"] == "prefill", "overhead_s"].median()),
+        "kernel_time_scale_decode": float((df["cycle_s"] / df["predicted_s"])[df["phase"] == "decode"].median()),
+        "kernel_time_scale_prefill": float((df["cycle_s"] / df["predicted_s"])[df["phase"] == "prefill"].median()),
         "host_outside_step_median_s": float(df["host_s"].median()),
         "inside_step_beyond_kernels_median_s": float((df["duration_s"] - df["predicted_s"]).median()),
         "grid": {"batch_sizes": sorted(int(b) for b in df["b"].unique()),
@@ -191,6 +196,39 @@ def measure_engine_overhead(engine, latency, *, batch_sizes=DEFAULT_BATCH_SIZES,
     return summary, df
 
 
+GRID_KEYS = ["b", "prompt_tokens", "phase", "prefill_tokens", "decode_seqs", "decode_context_tokens"]
+
+
+def grid_drift(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
+    """How much the host's speed moved between two runs of the same grid (frames of ``compare_grid``,
+    e.g. one measured right before a live run and one right after): per phase, the median of
+    ``cycle_after / cycle_before`` over the iterations of identical shape in both (the n-th iteration of
+    a shape in one grid paired with the n-th in the other). 1.0 = the same speed;
+    1.3 = the same iterations took 30 % longer afterwards.
+
+    Returns:
+        ``{"decode_ratio_median", "prefill_ratio_median", "iterations"}`` (NaN where a phase has no
+        common iteration).
+
+    Raises:
+        ConfigError: a frame lacks a column, or the two grids have no iteration in common.
+    """
+    need = [*GRID_KEYS, "cycle_s"]
+    for label, df in (("before", before), ("after", after)):
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise ConfigError(f"grid {label}: missing column(s) {missing}")
+    # the n-th iteration of a shape in one grid pairs with the n-th of that shape in the other
+    a, b = (df[need].assign(nth=df.groupby(GRID_KEYS).cumcount()) for df in (before, after))
+    both = a.merge(b, on=[*GRID_KEYS, "nth"], suffixes=("_before", "_after"))
+    if both.empty:
+        raise ConfigError("the two grids have no iteration of the same shape in common")
+    both["ratio"] = both["cycle_s_after"] / both["cycle_s_before"]
+    med = both.groupby("phase")["ratio"].median()
+    return {"decode_ratio_median": float(med.get("decode", np.nan)),
+            "prefill_ratio_median": float(med.get("prefill", np.nan)), "iterations": int(len(both))}
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The figures of a ``compare_grid`` summary as printable lines (ms): the additive overhead with its
     spread and split, and the host floor where the summary has one."""
@@ -199,6 +237,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"p10 {ms['overhead_p10_s']:.3f}, p90 {ms['overhead_p90_s']:.3f}; decode {ms['overhead_decode_median_s']:.3f}, "
              f"prefill {ms['overhead_prefill_median_s']:.3f}; host outside the step {ms['host_outside_step_median_s']:.3f}, "
              f"inside the step beyond the kernels {ms['inside_step_beyond_kernels_median_s']:.3f})"]
+    if "kernel_time_scale_decode" in summary:
+        lines.append(f"kernel time scale (median cycle / profiled kernels): decode x{summary['kernel_time_scale_decode']:.3f}, "
+                     f"prefill x{summary['kernel_time_scale_prefill']:.3f}")
     hf = summary.get("host_floor_model")
     if hf:
         lines.append(f"host floor: {hf['host_floor_s'] * 1e3:.2f} ms + {hf['host_floor_per_prefill_seq_s'] * 1e3:.2f} ms per "

@@ -62,12 +62,14 @@ def read_run_dir(run_dir: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame | None
 
 
 def find_cpu_profile(threads: int | None, name: str | None, *, gpu_device_name: str | None = None,
-                     cpu_name: str | None = None):
+                     cpu_name: str | None = None, weight_bytes: int | None = None):
     """The profile named ``name``; else, for a run on a GPU (``gpu_device_name``, as torch names it), the
     measured profile of that device; else the CPU profile measured with ``threads`` threads, of the CPU
     model ``cpu_name`` (as ``/proc/cpuinfo`` names it) when one is given and such a profile exists (a
-    profile of another CPU model is taken only when none of this one exists; ``validate`` warns). Raises
-    ConfigError."""
+    profile of another CPU model is taken only when none of this one exists; ``validate`` warns). Among
+    several such CPU profiles, with the model's ``weight_bytes`` given, one whose cache flush suits the
+    model (``pdsim.latency.oplevel.suggested_flush_level`` on the LLC the first of them records; a
+    profile without ``cache`` metadata flushed the LLC) comes first. Raises ConfigError."""
     from pdsim.errors import ProfileError
     from pdsim.profiles.format import find_profile, list_profile_dirs, load_profile
 
@@ -100,7 +102,15 @@ def find_cpu_profile(threads: int | None, name: str | None, *, gpu_device_name: 
         raise ConfigError(f"no CPU profile with num_threads {threads} under the profile search roots; measure one "
                           "with `pdsim profile --device cpu` or give --profile")
     same_cpu = [p for p in matches if cpu_name is not None and p.meta.device_name == cpu_name]
-    return (same_cpu or matches)[0]
+    pool = same_cpu or matches
+    if weight_bytes is not None:
+        from pdsim.latency.oplevel import suggested_flush_level
+
+        # the LLC of these profiles' CPU, from the first that records it (older profiles do not)
+        llc = next((p.meta.cache.llc_bytes for p in pool if p.meta.cache is not None and p.meta.cache.llc_bytes), None)
+        want = suggested_flush_level(weight_bytes, llc)
+        pool = sorted(pool, key=lambda p: (p.meta.cache.flush_level if p.meta.cache is not None else "llc") != want)
+    return pool[0]
 
 
 # -- the simulated deployment ---------------------------------------------------------------------------
@@ -168,37 +178,41 @@ class MeasuredLink:
 def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_num_batched_tokens: int,
                max_num_seqs: int, block_size: int, kv_capacity_blocks: int, watermark_fraction: float,
                iteration_overhead_s: float = 0.0, decode: dict[str, Any] | None = None,
-               link: MeasuredLink | None = None, host_floor: tuple[float, float] = (0.0, 0.0)):
+               link: MeasuredLink | None = None, host_floor: tuple[float, float] = (0.0, 0.0),
+               iteration_overhead_prefill_s: float | None = None, kernel_time_scale: tuple[float, float | None] = (1.0, None)):
     """A ``DeploymentPlan`` on the profile's device with the op-level model: one colocated instance, or with
     ``decode`` (that worker's knobs: the same keys as the arguments, ``profile`` included) and ``link``
     one prefill instance (the arguments' knobs) and one decode instance. Returns (plan, the first
     pool's latency model). ``host_floor``: (``host_floor_s``, ``host_floor_per_prefill_seq_s``) of the
-    op-level model (``pdsim.latency.oplevel``, "Host floor")."""
+    op-level model (``pdsim.latency.oplevel``, "Host floor"); ``iteration_overhead_prefill_s``: the
+    overhead of iterations that prefill (None: ``iteration_overhead_s``); ``kernel_time_scale``: the
+    op-level model's (``kernel_time_scale``, ``kernel_time_scale_prefill``)."""
     from pdsim.models.arch import dtype_bytes
     from pdsim.sim.plan import DeploymentPlan
 
     if decode is None:
         pool, latency = _instance_pool("colocated", model_config, model_name, dtype, profile, max_num_batched_tokens,
                                   max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
-                                  host_floor)
+                                  host_floor, iteration_overhead_prefill_s, kernel_time_scale)
         spec = latency.model
         return DeploymentPlan("sim", "colocated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pool,), None), latency
     if link is None:
         raise ConfigError("a disaggregated plan needs a KV link")
     pre, latency = _instance_pool("prefill", model_config, model_name, dtype, profile, max_num_batched_tokens,
                              max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
-                             host_floor)
+                             host_floor, iteration_overhead_prefill_s, kernel_time_scale)
     d = decode
     dec, _ = _instance_pool("decode", model_config, model_name, dtype, d["profile"], d["max_num_batched_tokens"],
                        d["max_num_seqs"], d["block_size"], d["kv_capacity_blocks"], d["watermark_fraction"],
-                       iteration_overhead_s, host_floor)
+                       iteration_overhead_s, host_floor, iteration_overhead_prefill_s, kernel_time_scale)
     spec = latency.model
     return DeploymentPlan("sim", "disaggregated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pre, dec),
                           link), latency
 
 
 def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batched_tokens, max_num_seqs, block_size,
-              kv_capacity_blocks, watermark_fraction, iteration_overhead_s, host_floor=(0.0, 0.0)):
+              kv_capacity_blocks, watermark_fraction, iteration_overhead_s, host_floor=(0.0, 0.0),
+              iteration_overhead_prefill_s=None, kernel_time_scale=(1.0, None)):
     """One single-instance pool of ``role`` on the profile's device, and its op-level latency model: a CPU
     (gpu=None: no datasheet fallbacks; the host memory, price 0), or the catalog GPU a GPU profile was
     measured on (its datasheet serves the roofline fallbacks; price 0: a validation is not costed)."""
@@ -222,7 +236,8 @@ def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batch
     floor_s, floor_seq_s = (float(v) for v in host_floor)
     latency = OpLevelModel([profile], spec, tp=1, pp=1, dtype=dtype, gpu=gpu,
                            iteration_overhead_s=float(iteration_overhead_s), host_floor_s=floor_s,
-                           host_floor_per_prefill_seq_s=floor_seq_s)
+                           host_floor_per_prefill_seq_s=floor_seq_s, iteration_overhead_prefill_s=iteration_overhead_prefill_s,
+                           kernel_time_scale=kernel_time_scale[0], kernel_time_scale_prefill=kernel_time_scale[1])
 
     class _CpuPoolPlan(PoolPlan):
         def build_latency(self):  # the model built above (a CPU is not in the catalog)
@@ -233,6 +248,9 @@ def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batch
     cfg = PoolConfig(gpu=device.name, instances=1,
                      latency=OpLevelLatency(kind="op_level", profile=str(profile.path), dtype=dtype,
                                             iteration_overhead_s=float(iteration_overhead_s),
+                                            iteration_overhead_prefill_s=iteration_overhead_prefill_s,
+                                            kernel_time_scale=kernel_time_scale[0],
+                                            kernel_time_scale_prefill=kernel_time_scale[1],
                                             host_floor_s=floor_s, host_floor_per_prefill_seq_s=floor_seq_s))
     nbytes = dtype_bytes(dtype)
     pool = _CpuPoolPlan(
@@ -240,7 +258,8 @@ def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batch
         capacity_blocks=kv_capacity_blocks, weight_bytes_per_gpu=spec.weight_bytes_per_gpu(1, 1, nbytes),
         activation_bytes_per_gpu=0, kv_bytes_per_token_per_gpu=spec.kv_bytes_per_token_per_gpu(1, 1, nbytes),
         price_usd_per_gpu_hour=0.0,
-        latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None, float(iteration_overhead_s), "auto",
+        latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None,
+                        (float(iteration_overhead_s), iteration_overhead_prefill_s, *kernel_time_scale), "auto",
                         (floor_s, floor_seq_s)),
         latency_source_kinds=(profile.meta.source_kind,))
     return pool, latency
@@ -321,23 +340,97 @@ def _plots(out: Path, both: pd.DataFrame, live: pd.DataFrame, sim: pd.DataFrame,
     return files
 
 
-def _overhead_line(role: str, its: pd.DataFrame, lm, overhead_s: float) -> str:
-    """A report line: the live run's own iterations, measured against the op-level model's time for the
-    same shapes (``iteration_s`` includes ``overhead_s``)."""
+def _modelled_s(its: pd.DataFrame, lm) -> np.ndarray:
+    """The op-level model's time for each logged iteration's shape (seconds; prompts of one iteration
+    taken as equal-length)."""
     from pdsim.latency.base import BatchShape
 
-    if its.empty:
-        return f"- {role}: no iterations logged."
-    pred = np.array([lm.iteration_s(BatchShape(int(r.prefill_tokens), int(r.prefill_seqs), int(r.decode_seqs),
+    return np.array([lm.iteration_s(BatchShape(int(r.prefill_tokens), int(r.prefill_seqs), int(r.decode_seqs),
                                                int(r.decode_context_tokens))) for r in its.itertuples(index=False)])
+
+
+def _loop_s(its: pd.DataFrame) -> np.ndarray:
     loop = its["duration_s"].to_numpy(dtype=float)
     if "host_s" in its.columns:
         loop = loop + its["host_s"].to_numpy(dtype=float)
+    return loop
+
+
+def _overhead_line(role: str, its: pd.DataFrame, pred: np.ndarray, overhead_s: float,
+                   overhead_prefill_s: float | None = None) -> str:
+    """A report line: the live run's own iterations, measured against the op-level model's time for the
+    same shapes (``pred``, which includes the overheads)."""
+    if its.empty:
+        return f"- {role}: no iterations logged."
+    loop = _loop_s(its)
     gap = loop - pred
     return (f"- {role}: same iteration shapes as the live run ({len(its)} iterations): measured mean "
             f"{loop.mean() * 1e3:.2f} ms per loop iteration (model step + engine host time), op-level model mean "
-            f"{pred.mean() * 1e3:.2f} ms (with iteration_overhead_s {overhead_s * 1e3:.3f} ms); measured minus modelled: "
+            f"{pred.mean() * 1e3:.2f} ms (with iteration_overhead_s {overhead_s * 1e3:.3f} ms"
+            + ("" if overhead_prefill_s is None else f", iteration_overhead_prefill_s {overhead_prefill_s * 1e3:.3f} ms")
+            + "); measured minus modelled: "
             f"median {np.median(gap) * 1e3:.2f} ms, mean {gap.mean() * 1e3:.2f} ms.")
+
+
+SPEED_WINDOW_S = 10.0
+"""Width of the windows of ``host_speed`` (seconds of the live run)."""
+SPEED_MIN_ITERATIONS = 20
+"""Windows with fewer logged iterations are left out of ``host_speed``'s spread."""
+SPEED_DRIFT_WARN = 0.10
+"""A spread of the windows' speed ratios above this is reported as a host that was not stationary."""
+
+
+def host_speed(its: pd.DataFrame, pred: np.ndarray, window_s: float = SPEED_WINDOW_S) -> pd.DataFrame:
+    """How fast the host ran the live iterations, window by window.
+
+    Every iteration's ratio measured / modelled time is divided by the median ratio of its shape class
+    over the whole run (class: prefill or pure decode, and the power-of-two buckets of its decode
+    sequences and prefill tokens), so that the model's shape-dependent error and the mix of shapes in a
+    window cancel out; per ``window_s`` of the run (by iteration start) the median of these normalised
+    ratios is the host's speed in that window relative to the whole run (1.2 = iterations took 20 %
+    longer than the run's typical time for their shapes). A ratio that moves from one window to the next
+    is the host's speed moving (other tenants of a shared machine, clock frequency, memory contention):
+    the noise floor of a sim-vs-live comparison of that run. A diagnostic; nothing is fitted with it.
+
+    Returns:
+        One row per window: ``window_start_s``, ``iterations``, ``ratio_median`` (measured / modelled,
+        raw) and ``speed`` (the normalised median).
+    """
+    cols = ["window_start_s", "iterations", "ratio_median", "speed"]
+    if its.empty:
+        return pd.DataFrame(columns=cols)
+    ratio = _loop_s(its) / pred
+    prefill = its["prefill_tokens"].to_numpy(dtype=int)
+    decode = its["decode_seqs"].to_numpy(dtype=int)
+    df = pd.DataFrame({
+        "w": np.floor(its["start_s"].to_numpy(dtype=float) / window_s).astype(int),
+        "ratio": ratio,
+        "cls": [(p > 0, int(d).bit_length(), int(p).bit_length()) for p, d in zip(prefill, decode)],
+    })
+    df["norm"] = df["ratio"] / df.groupby("cls")["ratio"].transform("median")
+    g = df.groupby("w").agg(iterations=("ratio", "size"), ratio_median=("ratio", "median"), speed=("norm", "median")).reset_index()
+    return pd.DataFrame({"window_start_s": g["w"] * window_s, "iterations": g["iterations"],
+                         "ratio_median": g["ratio_median"], "speed": g["speed"]})[cols]
+
+
+def speed_spread(windows: pd.DataFrame) -> float:
+    """Largest over smallest window ``speed`` (``host_speed``), minus 1, over windows with at least
+    ``SPEED_MIN_ITERATIONS`` iterations (NaN with fewer than two such windows)."""
+    r = windows.loc[windows["iterations"] >= SPEED_MIN_ITERATIONS, "speed"].to_numpy(dtype=float)
+    return float(r.max() / r.min() - 1) if r.size >= 2 else math.nan
+
+
+def _speed_line(role: str, windows: pd.DataFrame) -> str:
+    spread = speed_spread(windows)
+    kept = windows[windows["iterations"] >= SPEED_MIN_ITERATIONS]
+    if not spread == spread:
+        return f"- {role}: host speed: too few {SPEED_WINDOW_S:g} s windows with >= {SPEED_MIN_ITERATIONS} iterations to tell drift."
+    verdict = (f"the host's speed moved by {spread * 100:.0f} % during the run: sim-vs-live errors of that size "
+               "cannot be told from the host's own variation" if spread > SPEED_DRIFT_WARN
+               else f"within {SPEED_DRIFT_WARN * 100:.0f} %: the host was steady")
+    return (f"- {role}: host speed per {SPEED_WINDOW_S:g} s window (iteration time relative to the run's typical "
+            f"time for the same shape class; `host_speed_{role}.csv`, {len(kept)} windows): "
+            f"{' '.join(f'{x:.2f}' for x in kept['speed'])}; spread {spread * 100:.0f} % ({verdict}).")
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -360,6 +453,10 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         raise ConfigError(f"--iteration-overhead-s must be a finite number >= 0, got {overhead_s}")
     overhead_source = overrides.pop("iteration_overhead_source", None)
     host_floor = tuple(overrides.pop("host_floor", (0.0, 0.0)))
+    overhead_prefill_s = overrides.pop("iteration_overhead_prefill_s", None)
+    scales = tuple(overrides.pop("kernel_time_scale", (1.0, None)))
+    if overhead_prefill_s is not None and not (overhead_prefill_s >= 0 and math.isfinite(overhead_prefill_s)):
+        raise ConfigError(f"the prefill iterations' overhead must be a finite number >= 0, got {overhead_prefill_s}")
     man, live, tokens = read_run_dir(live_run)
     kind = man["kind"]
     mode = man.get("mode", "colocated") if kind == "live" else "colocated"
@@ -379,9 +476,13 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         raise ConfigError(f"{live_run / 'manifest.json'}: config.kv_capacity_blocks missing")
     device = str(man.get("device", "cpu"))
     run_device_name = man.get("device_name")
+    from pdsim.models.arch import dtype_bytes, model_from_hf_config
+
+    weight_bytes = model_from_hf_config("model", load_model_config(knobs["model_config"]),
+                                        where="model config").weight_bytes_per_gpu(1, 1, dtype_bytes(knobs["dtype"]))
     prof = find_cpu_profile(None if threads is None else int(threads), profile,
                             gpu_device_name=None if device == "cpu" else run_device_name,
-                            cpu_name=run_device_name if device == "cpu" else None)
+                            cpu_name=run_device_name if device == "cpu" else None, weight_bytes=weight_bytes)
     if (prof.meta.device_type == "cpu") != (device == "cpu"):
         echo(f"warning: profile {prof.name} is a {prof.meta.device_type} profile; the live run ran on {device}")
     elif run_device_name and prof.meta.device_name != run_device_name:
@@ -404,7 +505,8 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         max_num_batched_tokens=int(knobs["max_num_batched_tokens"]), max_num_seqs=int(knobs["max_num_seqs"]),
         block_size=int(knobs["block_size"]), kv_capacity_blocks=int(knobs["kv_capacity_blocks"]),
         watermark_fraction=float(knobs["watermark_fraction"]), iteration_overhead_s=overhead_s,
-        decode=decode, link=link, host_floor=host_floor)
+        decode=decode, link=link, host_floor=host_floor, iteration_overhead_prefill_s=overhead_prefill_s,
+        kernel_time_scale=scales)
 
     live = live.sort_values(["arrival_s", "request_id"]).reset_index(drop=True)
     t0 = float(live["arrival_s"].min())
@@ -436,12 +538,18 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
 
     # the engine's own per-iteration figures: measured iteration time minus the model's for the same shapes
     overhead_lines = []
+    speed: dict[str, pd.DataFrame] = {}
     if kind == "live":
         logs = {"colocated": "iterations.csv"} if mode == "colocated" else {
             "prefill": "iterations_prefill.csv", "decode": "iterations_decode.csv"}
         for role, fname in logs.items():
             if (live_run / fname).is_file():
-                overhead_lines.append(_overhead_line(role, pd.read_csv(live_run / fname), latency.fresh(), overhead_s))
+                its = pd.read_csv(live_run / fname)
+                pred = _modelled_s(its, latency.fresh())
+                overhead_lines.append(_overhead_line(role, its, pred, overhead_s, overhead_prefill_s))
+                windows = host_speed(its, pred)
+                speed[role] = windows
+                overhead_lines.append(_speed_line(role, windows))
     transfer_line = ""
     if mode == "disaggregated":
         a, b = live["kv_transfer_s"].to_numpy(dtype=float), sim["kv_transfer_s"].to_numpy(dtype=float)
@@ -457,6 +565,13 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     sim.to_csv(out / "requests.csv", index=False)
     summary.to_csv(out / "summary.csv", index=False)
     cmp.to_csv(out / "comparison.csv", index=False)
+    for role, windows in speed.items():
+        windows.to_csv(out / f"host_speed_{role}.csv", index=False)
+        spread = speed_spread(windows)
+        if spread > SPEED_DRIFT_WARN:
+            echo(f"warning: {role}: the host's speed moved by {spread * 100:.0f} % during the live run "
+                 f"(iteration times per {SPEED_WINDOW_S:g} s window against the run's typical time for their shapes; "
+                 f"{out / f'host_speed_{role}.csv'})")
     both = pd.concat([live.assign(deployment="live", workload=name), sim.assign(deployment="sim", workload=name)],
                      ignore_index=True)
     plots = _plots(out, both, live, sim, name)
@@ -486,13 +601,22 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         f"max_num_batched_tokens {knobs['max_num_batched_tokens']}, max_num_seqs {knobs['max_num_seqs']}, "
         f"block_size {knobs['block_size']}, KV capacity {knobs['kv_capacity_blocks']} blocks, "
         f"watermark_fraction {knobs['watermark_fraction']}.",
-        (f"- `iteration_overhead_s = {overhead_s:g}`: the op-level model charges only the kernels the profile "
-         "measured (GEMMs, attention, elementwise ops). The engine's per-iteration Python work (scheduling, building "
-         "position and mask tensors, sampling) is not modelled, so the simulation should come out faster; "
-         "nothing here is fitted to the live run." if overhead_s == 0 else
-         f"- `iteration_overhead_s = {overhead_s * 1e3:.3f} ms` charged per iteration on top of the profiled "
-         f"kernels (the engine's host time, measured independently of this run: {overhead_source or 'given'}); "
-         "nothing here is fitted to the live run."),
+        *([] if overhead_s == 0 and not overhead_prefill_s and tuple(scales) != (1.0, None) else [
+            f"- `iteration_overhead_s = {overhead_s:g}`: the op-level model charges only the kernels the profile "
+            "measured (GEMMs, attention, elementwise ops). The engine's per-iteration Python work (scheduling, building "
+            "position and mask tensors, sampling) is not modelled, so the simulation should come out faster; "
+            "nothing here is fitted to the live run." if overhead_s == 0 and not overhead_prefill_s
+            and tuple(scales) == (1.0, None) else
+            f"- `iteration_overhead_s = {overhead_s * 1e3:.3f} ms` charged per iteration on top of the profiled "
+            + ("kernels" if overhead_prefill_s is None else
+               f"kernels of a pure decode iteration, `iteration_overhead_prefill_s = {overhead_prefill_s * 1e3:.3f} ms` "
+               "per iteration that prefills")
+            + f" (the engine's time outside them, measured independently of this run: {overhead_source or 'given'}); "
+            "nothing here is fitted to the live run."]),
+        *([f"- Kernel time scale: the profiled kernels' time multiplied by {scales[0]:.3f} in pure decode iterations "
+           f"and {scales[1] if scales[1] is not None else scales[0]:.3f} in iterations that prefill (how much slower "
+           "than its micro-benchmarks the engine ran them on its synthetic grid, measured independently of this run: "
+           f"{overhead_source or 'given'})."] if tuple(scales) != (1.0, None) else []),
         *([f"- Host floor: every iteration takes at least {host_floor[0] * 1e3:.2f} ms + "
            f"{host_floor[1] * 1e3:.2f} ms per prefilled request (the engine's host time to issue it; "
            "pdsim.latency.oplevel, \"Host floor\"), measured on the engine's synthetic grid, not on this run."]
@@ -513,28 +637,57 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+OVERHEAD_MODELS = ("additive", "by_phase", "scaled", "host_floor")
+"""How ``pdsim validate`` charges the engine's time outside the profiled kernels, from a grid
+measurement (``pdsim.live.overhead``): ``additive`` its median over all iterations, on every iteration;
+``by_phase`` its median over pure decode iterations on those and its median over prefill iterations on
+every iteration that prefills (``iteration_overhead_prefill_s``); ``scaled`` no added time but the
+profiled kernels' time multiplied by the grid's median of cycle / prediction, over its pure decode
+iterations on those and over its prefill iterations on iterations that prefill (``kernel_time_scale``,
+``kernel_time_scale_prefill``: on a CPU the engine runs the kernels slower than the isolated
+micro-benchmarks, by a factor that depends on the kind of iteration and on the host's state);
+``host_floor`` the host floor fitted to it (GPU engines that launch every kernel from Python)."""
+
+
 def _overhead_option(value_s: float, path: Path | None, model: str = "additive") -> dict[str, Any]:
-    """``iteration_overhead_s`` (and with ``model == "host_floor"`` the host floor) and where they came
-    from: the option, or a measurement file written by ``pdsim.live.overhead`` (ConfigError if unreadable
-    or without the asked-for model)."""
-    if model not in ("additive", "host_floor"):
-        raise ConfigError(f"--overhead-model must be additive or host_floor, got {model!r}")
+    """``iteration_overhead_s`` (with ``model == "by_phase"`` also ``iteration_overhead_prefill_s``, with
+    ``model == "host_floor"`` the host floor) and where they came from: the option, or a measurement file
+    written by ``pdsim.live.overhead`` (``OVERHEAD_MODELS``; ConfigError if unreadable or without the
+    asked-for model)."""
+    if model not in OVERHEAD_MODELS:
+        raise ConfigError(f"--overhead-model must be one of {list(OVERHEAD_MODELS)}, got {model!r}")
     if path is None:
-        if model == "host_floor":
-            raise ConfigError("--overhead-model host_floor needs --overhead-file (a grid measurement with host_floor_model)")
+        if model != "additive":
+            raise ConfigError(f"--overhead-model {model} needs --overhead-file (a grid measurement of pdsim.live.overhead)")
         return {"iteration_overhead_s": value_s, "iteration_overhead_source": "--iteration-overhead-s"}
+    need = {"additive": "iteration_overhead_s",
+            "by_phase": "overhead_decode_median_s, overhead_prefill_median_s",
+            "scaled": "kernel_time_scale_decode, kernel_time_scale_prefill (a grid measured since 2026-12-04)",
+            "host_floor": "host_floor_model.{iteration_overhead_s, host_floor_s, host_floor_per_prefill_seq_s}"}[model]
     try:
         data = json.loads(Path(path).read_text())
-        block = data if model == "additive" else data["host_floor_model"]
-        v = float(block["iteration_overhead_s"])
-        floor = (float(block["host_floor_s"]), float(block["host_floor_per_prefill_seq_s"])) if model == "host_floor" else None
+        block = data["host_floor_model"] if model == "host_floor" else data
+        out: dict[str, Any] = {}
+        if model == "by_phase":
+            out["iteration_overhead_s"] = float(block["overhead_decode_median_s"])
+            out["iteration_overhead_prefill_s"] = float(block["overhead_prefill_median_s"])
+        elif model == "scaled":
+            out["iteration_overhead_s"] = 0.0
+            out["kernel_time_scale"] = (float(block["kernel_time_scale_decode"]), float(block["kernel_time_scale_prefill"]))
+            if not all(v > 0 and math.isfinite(v) for v in out["kernel_time_scale"]):
+                raise ValueError(f"kernel time scales must be finite and > 0, got {out['kernel_time_scale']}")
+        else:
+            out["iteration_overhead_s"] = float(block["iteration_overhead_s"])
+        if model == "host_floor":
+            out["host_floor"] = (float(block["host_floor_s"]), float(block["host_floor_per_prefill_seq_s"]))
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        need = "iteration_overhead_s" if model == "additive" else "host_floor_model.{iteration_overhead_s, host_floor_s, host_floor_per_prefill_seq_s}"
         raise ConfigError(f"--overhead-file {path}: need a JSON object with numbers {need} ({exc})") from None
-    out = {"iteration_overhead_s": v,
-           "iteration_overhead_source": f"{path} ({block.get('method', data.get('method', 'no method recorded'))})"}
-    if floor is not None:
-        out["host_floor"] = floor
+    method = block.get("method", data.get("method", "no method recorded"))
+    if model == "by_phase":
+        method = f"medians over the grid's decode and prefill iterations; {method}"
+    elif model == "scaled":
+        method = "medians of cycle / profiled kernels over the grid's decode and prefill iterations; pdsim.live.overhead"
+    out["iteration_overhead_source"] = f"{path} ({method})"
     return out
 
 
@@ -553,7 +706,7 @@ def validate_command(
     threads: Annotated[Optional[int], typer.Option("--threads", help="Threads of the server (picks the CPU profile; replay runs).")] = None,
     iteration_overhead_s: Annotated[float, typer.Option("--iteration-overhead-s", help="Per-iteration engine host time charged by the op-level model (s), measured independently (benchmarks/measure_cpu_iterations.py --engine-overhead). Default 0.")] = 0.0,
     overhead_file: Annotated[Optional[Path], typer.Option("--overhead-file", help="JSON written by benchmarks/measure_cpu_iterations.py --engine-overhead or benchmarks/compare_grid.py: its iteration_overhead_s is used (instead of --iteration-overhead-s).")] = None,
-    overhead_model: Annotated[str, typer.Option("--overhead-model", help="additive (iteration_overhead_s on top of the kernels) or host_floor (the file's host_floor_model: an iteration takes at least the host's time to issue it; for GPU engines that launch every kernel from Python).")] = "additive",
+    overhead_model: Annotated[str, typer.Option("--overhead-model", help="additive (the file's iteration_overhead_s on top of the kernels of every iteration), by_phase (its decode median on pure decode iterations, its prefill median on iterations that prefill), scaled (the kernels' time multiplied by the grid's median cycle / kernels, per phase) or host_floor (the file's host_floor_model: an iteration takes at least the host's time to issue it; for GPU engines that launch every kernel from Python).")] = "additive",
 ) -> None:
     """Simulate the requests of a live / replay run on the same deployment (op-level model on a CPU
     profile) and compare TTFT, TPOT, ITL and E2E percentiles; writes comparison.csv, report.md, plots.

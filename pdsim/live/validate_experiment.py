@@ -14,9 +14,10 @@ The YAML (unknown keys are errors; paths relative to the file's directory)::
     max_output_tokens: 64
     threads: 2                         # torch threads (disaggregated: per worker)
     engine: {dtype: fp32, max_num_batched_tokens: 8192, kv_capacity_tokens: 32768}   # EngineSettings
-    profile: {name: cpu-epyc-2c}       # or {measure: quick | full} (into OUT/profile), or {} (by threads)
+    profile: {name: cpu-epyc-2c}       # or {measure: quick | full} (into OUT/profile), or {} (this CPU's)
     iteration_overhead: {file: ../benchmarks/results/engine_overhead_cpu-epyc-2c.json}
-                                       # or {value_s: 0.001}, {measure: true} (before the live run), {}
+                                       # or {value_s: 0.001}, {measure: true} (before the live run), {};
+                                       # model: additive | by_phase | scaled | host_floor (how a grid's figures are charged)
     slo: {ttft_s: 1.0, tpot_s: 0.1}
     out: ../results/validate-cpu       # the CLI's --out overrides it
 
@@ -60,10 +61,13 @@ class EngineSettings(_Strict):
 class ProfileChoice(_Strict):
     """``name``: a profile under the search roots; ``measure``: sweep this machine first (``pdsim
     profile --device cpu --threads <threads>``, quick or full, into OUT/profile); neither: the CPU
-    profile whose thread count matches ``threads``."""
+    profile whose thread count matches ``threads``. ``flush_level`` (with ``measure``): the sweep's
+    ``--flush-level``; ``auto`` takes ``pdsim.latency.oplevel.suggested_flush_level`` of the engine's
+    model on this host's last-level cache (``l2`` when its weights fit in half of it)."""
 
     name: str | None = None
     measure: Literal["quick", "full"] | None = None
+    flush_level: Literal["auto", "llc", "l2"] = "auto"
 
     @model_validator(mode="after")
     def _one(self):
@@ -75,11 +79,13 @@ class ProfileChoice(_Strict):
 class OverheadChoice(_Strict):
     """``iteration_overhead_s`` of the simulation: ``file`` (JSON of ``measure_cpu_iterations.py
     --engine-overhead``), ``value_s``, or ``measure: true`` (``pdsim.live.overhead`` on its default grid,
-    in this process with ``threads`` threads, before the live run); none: 0."""
+    in this process with ``threads`` threads, before the live run); none: 0. ``model`` (with ``file`` or
+    ``measure``): how the grid's figure is charged, ``pdsim.live.validate.OVERHEAD_MODELS``."""
 
     file: str | None = None
     value_s: float | None = Field(default=None, ge=0)
     measure: bool = False
+    model: Literal["additive", "by_phase", "scaled", "host_floor"] = "additive"
 
     @model_validator(mode="after")
     def _one(self):
@@ -147,17 +153,20 @@ def run_validation_experiment(path: Path, out: Path | None = None, echo=print):
         from profile_tools.runner import ProfileRequest, run_profile
 
         prof_dir = out / "profile"
-        echo(f"profiling this CPU ({exp.profile.measure}, {threads or 'default'} threads) into {prof_dir}")
+        level = exp.profile.flush_level
+        if level == "auto":
+            level = _flush_level_for(model_config, e.dtype)
+        echo(f"profiling this CPU ({exp.profile.measure}, {threads or 'default'} threads, flush level {level}) into {prof_dir}")
         run_profile(ProfileRequest(device="cpu", out=prof_dir, mode=exp.profile.measure,
                                    models=(str(model_config),) if model_config else None, threads=threads,
-                                   notes=(f"measured by pdsim validate {path}",)))
+                                   notes=(f"measured by pdsim validate {path}",), flush_level=level))
         profile_name = str(prof_dir)
     overrides = {}
     if exp.iteration_overhead.measure:
         overhead_file = out / "engine_overhead.json"
         _measure_overhead(exp, model_config, threads, profile_name, overhead_file, echo)
     if overhead_file is not None:
-        overrides = _overhead_option(0.0, overhead_file)
+        overrides = _overhead_option(0.0, overhead_file, exp.iteration_overhead.model)
     elif exp.iteration_overhead.value_s is not None:
         overrides = {"iteration_overhead_s": exp.iteration_overhead.value_s,
                      "iteration_overhead_source": f"{path}: iteration_overhead.value_s"}
@@ -173,6 +182,17 @@ def run_validation_experiment(path: Path, out: Path | None = None, echo=print):
     return validate(live_dir, out / "validate", profile=profile_name, overrides=overrides, echo=echo), out
 
 
+def _flush_level_for(model_config: Path | None, dtype: str) -> str:
+    """``suggested_flush_level`` of the engine's model (default: the tiny Llama) on this host's LLC."""
+    from pdsim.latency.oplevel import suggested_flush_level
+    from pdsim.live.engine import load_model_config
+    from pdsim.models.arch import dtype_bytes, model_from_hf_config
+    from profile_tools.device import last_level_cache_bytes
+
+    spec = model_from_hf_config(model_config.stem if model_config else "pdsim-tiny-llama", load_model_config(model_config))
+    return suggested_flush_level(spec.weight_bytes_per_gpu(1, 1, dtype_bytes(dtype)), last_level_cache_bytes())
+
+
 def _measure_overhead(exp: ValidationExperiment, model_config: Path | None, threads: int | None,
                       profile_name: str | None, dest: Path, echo) -> None:
     """``pdsim.live.overhead`` on its default grid, in this process, written to ``dest`` (JSON)."""
@@ -182,15 +202,17 @@ def _measure_overhead(exp: ValidationExperiment, model_config: Path | None, thre
     from pdsim.live.engine import EngineConfig, LiveEngine, load_model_config
     from pdsim.live.overhead import measure_engine_overhead
     from pdsim.live.validate import find_cpu_profile
-    from pdsim.models.arch import model_from_hf_config
+    from pdsim.models.arch import dtype_bytes, model_from_hf_config
+    from profile_tools.device import cpu_vendor_and_name
 
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        prof = find_cpu_profile(torch.get_num_threads(), profile_name)
         hf = load_model_config(model_config)
         spec = model_from_hf_config(model_config.stem if model_config else "pdsim-tiny-llama", hf)
+        prof = find_cpu_profile(torch.get_num_threads(), profile_name, cpu_name=cpu_vendor_and_name()[1],
+                                weight_bytes=spec.weight_bytes_per_gpu(1, 1, dtype_bytes(exp.engine.dtype)))
         latency = OpLevelModel([prof], spec, tp=1, pp=1, dtype=exp.engine.dtype, gpu=None, iteration_overhead_s=0.0)
         engine = LiveEngine(EngineConfig(model_config=None if model_config is None else str(model_config),
                                          dtype=exp.engine.dtype, seed=exp.engine.seed))

@@ -131,6 +131,25 @@ class TableInfo(_Strict):
     sha256: str
 
 
+class CacheInfo(_Strict):
+    """How a measured profile's GEMM and attention calls were flushed (``pdsim profile --flush``,
+    ``--flush-level``; ``profile_tools.ops``). Absent in profiles measured before 2026-12-04, which all
+    flushed the last-level cache by writing.
+
+    Attributes:
+        flush: ``write`` or ``read``.
+        flush_level: ``llc`` (every cache: operands read from memory) or ``l2`` (CPU: the per-core
+            caches only: operands read from the last-level cache).
+        flush_bytes: the buffer written or read before each call.
+        llc_bytes: the device's last-level cache (GPU: L2; CPU: all L3 instances); None if unknown.
+    """
+
+    flush: Literal["write", "read"] = "write"
+    flush_level: Literal["llc", "l2"] = "llc"
+    flush_bytes: int = Field(ge=0)
+    llc_bytes: int | None = Field(default=None, ge=0)
+
+
 class ProfileMeta(_Strict):
     """``profile.yaml``.
 
@@ -149,6 +168,7 @@ class ProfileMeta(_Strict):
         software: versions.
         source: provenance of imported or derived numbers.
         mode: ``quick`` or ``full`` sweep (measured profiles).
+        cache: how GEMM and attention calls were flushed (measured profiles; ``CacheInfo``).
         notes: anything a reader must know (e.g. tables that are missing and why).
         tables: file, row count and sha256 of each table.
     """
@@ -168,6 +188,7 @@ class ProfileMeta(_Strict):
     software: SoftwareInfo = SoftwareInfo()
     source: SourceInfo = SourceInfo()
     mode: Literal["quick", "full"] | None = None
+    cache: CacheInfo | None = None
     notes: str = ""
     tables: dict[str, TableInfo] = Field(default_factory=dict)
 

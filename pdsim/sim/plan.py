@@ -254,7 +254,9 @@ def _latency_source(exp: LoadedExperiment, cfg: PoolConfig, model: ModelSpec, gp
         mc = exp.config.model
         dtype = lat.dtype or mc.dtype
         kv_dtype = lat.kv_dtype or (mc.effective_kv_dtype if lat.dtype is None else None)
-        return ("op_level", profiles, model, cfg.tp, cfg.pp, dtype, kv_dtype, lat.iteration_overhead_s, lat.all_reduce_backend,
+        return ("op_level", profiles, model, cfg.tp, cfg.pp, dtype, kv_dtype,
+                (lat.iteration_overhead_s, lat.iteration_overhead_prefill_s, lat.kernel_time_scale,
+                 lat.kernel_time_scale_prefill), lat.all_reduce_backend,
                 (lat.host_floor_s, lat.host_floor_per_prefill_seq_s))
     raise ConfigError(f"{exp.path}: {where}.latency: unsupported kind")  # unreachable
 
@@ -442,12 +444,15 @@ def _op_level_model(source: tuple, gpu: GpuSpec) -> OpLevelModel:
     key = (source, gpu.name)
     model = _OP_LEVEL_CACHE.get(key)
     if model is None:
-        _, paths, spec, tp, pp, dtype, kv_dtype, overhead_s, backend, (floor_s, floor_seq_s), *stage_layers = source
+        _, paths, spec, tp, pp, dtype, kv_dtype, engine, backend, (floor_s, floor_seq_s), *stage_layers = source
+        overhead_s, overhead_prefill_s, scale, scale_prefill = engine
         profiles = [load_profile(p) for p in paths]
         model = OpLevelModel(profiles, spec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu,
                              iteration_overhead_s=overhead_s, all_reduce_backend=backend,
                              stage_layers=stage_layers[0] if stage_layers else None,  # + layers per stage
-                             host_floor_s=floor_s, host_floor_per_prefill_seq_s=floor_seq_s)
+                             host_floor_s=floor_s, host_floor_per_prefill_seq_s=floor_seq_s,
+                             iteration_overhead_prefill_s=overhead_prefill_s, kernel_time_scale=scale,
+                             kernel_time_scale_prefill=scale_prefill)
         _OP_LEVEL_CACHE[key] = model
     return model
 
