@@ -28,8 +28,8 @@ unless ``--overhead-file`` gives a measurement (``benchmarks/measure_cpu_iterati
 --engine-overhead``), or ``--measure-overhead`` measures it first, on a synthetic grid and not on the
 validation trace (``pdsim.live.overhead``). ``--overhead-model`` says how it is charged (default
 ``scaled``: the profiled kernels' time multiplied by the grid's median cycle / kernels, over its decode
-iterations on decode iterations and over its prefill iterations on iterations that prefill; docs/live.md,
-"The cache, the host's speed and the noise floor"). Run it on an otherwise idle machine: the live side is
+iterations of each batch size on decode iterations and over its prefill iterations on iterations that
+prefill; docs/live.md, "The cache, the host's speed and the noise floor"). Run it on an otherwise idle machine: the live side is
 wall-clock timing; the load average before and after is printed.
 """
 

@@ -71,6 +71,9 @@ def test_the_scaled_overhead_takes_the_grids_kernel_time_scales(tmp_path):
                              "kernel_time_scale_prefill": 1.3}))
     sc = _overhead_option(0.0, f, "scaled")
     assert sc["iteration_overhead_s"] == 0.0 and sc["kernel_time_scale"] == (1.8, 1.3)
+    f.write_text(json.dumps({"kernel_time_scale_decode": 1.8, "kernel_time_scale_prefill": 1.3,
+                             "kernel_time_scale_decode_by_batch": {"1": 2.1, "32": 1.5}}))
+    assert _overhead_option(0.0, f, "scaled")["kernel_time_scale"] == ({1: 2.1, 32: 1.5}, 1.3)  # the table first
     f.write_text(json.dumps({"iteration_overhead_s": 0.02}))  # a grid measured before the scales existed
     with pytest.raises(ConfigError, match="kernel_time_scale_decode"):
         _overhead_option(0.0, f, "scaled")

@@ -53,6 +53,9 @@ def test_overhead_is_cycle_minus_prediction(latency):
     ratio = df["cycle_s"] / df["predicted_s"]
     assert summary["kernel_time_scale_decode"] == pytest.approx(float(ratio[df["phase"] == "decode"].median()))
     assert summary["kernel_time_scale_prefill"] == pytest.approx(float(ratio[df["phase"] == "prefill"].median()))
+    dec = df["phase"] == "decode"
+    assert summary["kernel_time_scale_decode_by_batch"] == {
+        b: pytest.approx(float(ratio[dec & (df["decode_seqs"] == b)].median())) for b in (1, 2)}
 
 
 def test_refuses_bad_grids_and_a_model_with_overhead(latency):

@@ -386,3 +386,23 @@ def test_kernel_time_scales_multiply_the_kernels_of_each_kind_of_iteration(tmp_p
             OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale=bad)
     with pytest.raises(ProfileError, match="kernel time scales"):
         OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale_prefill=0.0)
+
+
+def test_a_kernel_time_scale_table_is_read_linearly_in_log_batch_size(tmp_path):
+    prof = _profile(tmp_path, shapes=_all_shapes(MODEL, 1))
+    base = OpLevelModel([prof], MODEL, dtype="bf16")
+    lm = OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale={1: 2.0, 4: 1.6, 32: 1.4}, kernel_time_scale_prefill=1.3)
+    expect = {1: 2.0, 2: 1.8, 4: 1.6, 8: 1.6 - 0.2 / 3, 32: 1.4, 64: 1.4}  # log2: 2 is halfway 1..4; 8 a third of 4..32
+    for b, f in expect.items():
+        assert lm.decode_scale(b) == pytest.approx(f, rel=1e-12)
+        assert lm.decode_s(b, 100 * b) == pytest.approx(f * base.decode_s(b, 100 * b), rel=1e-12)
+        shape = BatchShape(decode_seqs=b, decode_context_tokens=100 * b)
+        assert sum(lm.breakdown_s(shape).values()) == pytest.approx(lm.iteration_s(shape), rel=1e-9)
+    mixed = BatchShape(prefill_tokens=64, prefill_seqs=1, prefill_square_tokens=64 * 64, decode_seqs=8, decode_context_tokens=800)
+    assert lm.iteration_s(mixed) == pytest.approx(1.3 * base.iteration_s(mixed), rel=1e-12)
+    with pytest.raises(ProfileError, match="needs at least one point and a kernel_time_scale_prefill"):
+        OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale={1: 2.0})
+    with pytest.raises(ProfileError, match="batch sizes must be >= 1"):
+        OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale={0: 2.0}, kernel_time_scale_prefill=1.0)
+    with pytest.raises(ProfileError, match="finite and > 0"):
+        OpLevelModel([prof], MODEL, dtype="bf16", kernel_time_scale={1: -2.0}, kernel_time_scale_prefill=1.0)

@@ -170,3 +170,13 @@ def test_the_prefill_overhead_and_kernel_time_scales_reach_the_latency_model_fro
     data["latency_models"]["h100"]["iteration_overhead_prefill_s"] = 0.004
     data["latency_models"]["h100"]["kernel_time_scale"] = 0
     assert_user_error(run_cli("check", write_yaml(tmp_path, data)), "kernel_time_scale")
+
+
+
+def test_a_kernel_time_scale_table_from_the_yaml(tmp_path):
+    data = oplevel_data()
+    data["latency_models"]["h100"].update(kernel_time_scale={1: 2.0, 32: 1.5}, kernel_time_scale_prefill=1.2)
+    lm = plan_deployments(load_experiment_file(write_yaml(tmp_path, data)))[0].pools[0].build_latency()
+    assert lm.kernel_time_scale == {1: 2.0, 32: 1.5} and lm.decode_scale(32) == 1.5
+    del data["latency_models"]["h100"]["kernel_time_scale_prefill"]
+    assert_user_error(run_cli("check", write_yaml(tmp_path, data)), "kernel_time_scale_prefill")

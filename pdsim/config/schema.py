@@ -151,8 +151,10 @@ class OpLevelLatency(_Strict):
         iteration_overhead_prefill_s: the same for an iteration that prefills any token; default
             (None) ``iteration_overhead_s``.
         kernel_time_scale, kernel_time_scale_prefill: factors on the profiled kernels' time of a pure
-            decode iteration and of an iteration that prefills (default 1 and ``kernel_time_scale``):
-            an engine calibrated against the profile on a synthetic grid (``pdsim.live.overhead``).
+            decode iteration (a number, or a table ``{decode batch size: factor}``, read linearly in
+            log(batch size)) and of an iteration that prefills (default 1 and ``kernel_time_scale``; a
+            table needs it given): an engine calibrated against the profile on a synthetic grid
+            (``pdsim.live.overhead``).
         all_reduce_backend: ``auto`` (the fastest measured backend at each message size) or a backend
             name of the profile's collective table (e.g. ``nccl``).
         host_floor_s, host_floor_per_prefill_seq_s: the serving engine's host time to issue one
@@ -167,8 +169,15 @@ class OpLevelLatency(_Strict):
     kv_dtype: Literal["fp16", "bf16", "fp8", "fp32"] | None = None
     iteration_overhead_s: float = Field(default=0.0, ge=0)
     iteration_overhead_prefill_s: float | None = Field(default=None, ge=0)
-    kernel_time_scale: float = Field(default=1.0, gt=0)
+    kernel_time_scale: Annotated[float, Field(gt=0)] | dict[Annotated[int, Field(ge=1)], Annotated[float, Field(gt=0)]] = 1.0
     kernel_time_scale_prefill: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _scale_table_needs_prefill(self):
+        if isinstance(self.kernel_time_scale, dict) and (not self.kernel_time_scale or self.kernel_time_scale_prefill is None):
+            raise ValueError("kernel_time_scale as a table {decode batch size: factor} needs at least one point and "
+                             "kernel_time_scale_prefill")
+        return self
     all_reduce_backend: str = "auto"
     host_floor_s: float = Field(default=0.0, ge=0)
     host_floor_per_prefill_seq_s: float = Field(default=0.0, ge=0)

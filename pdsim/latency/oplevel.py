@@ -104,6 +104,9 @@ floor and the overheads are not scaled):
 
     t_iter = overhead + max(scale x kernels, host floor)
 
+``kernel_time_scale`` is a number, or a table ``{decode batch size: factor}`` read piecewise linearly
+in log(batch size) and held constant beyond its ends (a memory-bound small batch suffers more from a
+cold cache than a large one: on the Xeon VM 2.0-2.3 up to 8 sequences, 1.5-1.7 at 16-32).
 Both default to 1. They are measured, not fitted: ``pdsim.live.overhead.compare_grid`` gives the
 medians of (engine cycle / kernels) over a synthetic grid's decode and prefill iterations
 (``pdsim validate --overhead-model scaled``; 1.4-2.2 for decode and 1.2-1.5 for prefill on a 2-vCPU
@@ -122,7 +125,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,8 +221,9 @@ class OpLevelModel:
         iteration_overhead_prefill_s: the overhead of an iteration that prefills (seconds); None: the
             same as ``iteration_overhead_s``.
         kernel_time_scale, kernel_time_scale_prefill: factors on the profiled kernels' time of a pure
-            decode iteration and of one that prefills (None: ``kernel_time_scale``); 1 = the profile as
-            measured (module docstring, "Engine calibration").
+            decode iteration (a number, or ``{decode batch size: factor}``) and of one that prefills
+            (None: ``kernel_time_scale``, which must then be a number); 1 = the profile as measured
+            (module docstring, "Engine calibration").
         all_reduce_backend: ``auto`` or a backend name of the profile's collective table.
         host_floor_s, host_floor_per_prefill_seq_s: the host's time to issue one iteration, fixed and
             per prefilled request (seconds; module docstring, "Host floor"); 0 = no floor.
@@ -244,7 +248,7 @@ class OpLevelModel:
         host_floor_s: float = 0.0,
         host_floor_per_prefill_seq_s: float = 0.0,
         iteration_overhead_prefill_s: float | None = None,
-        kernel_time_scale: float = 1.0,
+        kernel_time_scale: float | Mapping[int, float] = 1.0,
         kernel_time_scale_prefill: float | None = None,
     ):
         if not profiles:
@@ -270,11 +274,29 @@ class OpLevelModel:
         self.iteration_overhead_s = float(iteration_overhead_s)
         self.iteration_overhead_prefill_s = (self.iteration_overhead_s if iteration_overhead_prefill_s is None
                                              else float(iteration_overhead_prefill_s))
+        table = dict(kernel_time_scale) if isinstance(kernel_time_scale, Mapping) else None
+        if table is not None:
+            if not table or kernel_time_scale_prefill is None:
+                raise ProfileError("op-level latency model: a kernel_time_scale table needs at least one point and "
+                                   f"a kernel_time_scale_prefill, got {table} and {kernel_time_scale_prefill}")
+            if min(int(b) for b in table) < 1:
+                raise ProfileError(f"op-level latency model: kernel_time_scale batch sizes must be >= 1, got {sorted(table)}")
+            factors = list(table.values())
+        else:
+            factors = [kernel_time_scale]
         scale_prefill = kernel_time_scale if kernel_time_scale_prefill is None else kernel_time_scale_prefill
-        if not (kernel_time_scale > 0 and scale_prefill > 0 and math.isfinite(kernel_time_scale) and math.isfinite(scale_prefill)):
+        factors.append(scale_prefill)
+        if not all(isinstance(f, (int, float)) and f > 0 and math.isfinite(f) for f in factors):
             raise ProfileError(f"op-level latency model: kernel time scales must be finite and > 0, got "
                                f"{kernel_time_scale} and {scale_prefill} (prefill)")
-        self.kernel_time_scale = float(kernel_time_scale)
+        if table is not None:
+            points = sorted((int(b), float(f)) for b, f in table.items())
+            self.kernel_time_scale = {b: f for b, f in points}
+            self._scale_log_b = np.log([b for b, _ in points])
+            self._scale_f = np.array([f for _, f in points])
+        else:
+            self.kernel_time_scale = float(kernel_time_scale)
+            self._scale_log_b = None
         self.kernel_time_scale_prefill = float(scale_prefill)
         if host_floor_s < 0 or host_floor_per_prefill_seq_s < 0:
             raise ProfileError(f"op-level latency model: host floor must be >= 0, got {host_floor_s} s + "
@@ -430,9 +452,9 @@ class OpLevelModel:
         self._prefill_attn, self._prefill_attn_scale = self._attention("attention_prefill", "seq_len", q_heads, kv_heads, 2.0)
         self._decode_attn, self._decode_attn_scale = self._attention("attention_decode", "context_len", q_heads, kv_heads, 1.0)
         self._layers = layers
-        # batch size -> (time outside decode attention, out-of-range axis or None); shared by fresh()
+        # batch size -> (time outside decode attention, out-of-range axis or None, kernel time scale); shared by fresh()
         # copies (pure); _decode_oor and _probe are per copy
-        self._decode_cache: dict[int, tuple[float, str | None]] = {}
+        self._decode_cache: dict[int, tuple[float, str | None, float]] = {}
         self._decode_oor: dict[int, str] = {}
         self._probe = LookupStats()
         self._components = {"gemm": {s.name: (s.n, s.k) for s in [*shapes, lm_head]}}
@@ -690,9 +712,9 @@ class OpLevelModel:
         if cached is None:  # per-token and per-sampled part: a function of the batch size only
             probe = LookupStats()
             base = self._tokens_s(batch_size, probe) + self._sampled_s(batch_size, probe)
-            cached = (base, next(iter(probe.by_axis)) if probe.extrapolated else None)
+            cached = (base, next(iter(probe.by_axis)) if probe.extrapolated else None, self.decode_scale(batch_size))
             self._decode_cache[batch_size] = cached
-        base, axis = cached
+        base, axis, scale = cached
         probe = self._probe
         probe.extrapolated = 0
         probe.by_axis.clear()
@@ -702,7 +724,7 @@ class OpLevelModel:
         if axis is not None:
             self._decode_oor[batch_size] = axis
         kernels = base + self._layers * self._decode_attn_scale * attn
-        return self.iteration_overhead_s + max(self.kernel_time_scale * kernels, self.host_floor_s)
+        return self.iteration_overhead_s + max(scale * kernels, self.host_floor_s)
 
     def record_decode(self, batch_size: int, iterations: int) -> None:
         """Count ``iterations`` executed pure-decode lookups at ``batch_size``."""
@@ -731,8 +753,14 @@ class OpLevelModel:
     def _overhead_for(self, shape: BatchShape) -> float:
         return self.iteration_overhead_prefill_s if shape.prefill_tokens else self.iteration_overhead_s
 
+    def decode_scale(self, batch_size: int) -> float:
+        """The factor on a pure decode iteration's kernels at ``batch_size`` (``kernel_time_scale``)."""
+        if self._scale_log_b is None:
+            return self.kernel_time_scale
+        return float(np.interp(math.log(max(batch_size, 1)), self._scale_log_b, self._scale_f))
+
     def _scale_for(self, shape: BatchShape) -> float:
-        return self.kernel_time_scale_prefill if shape.prefill_tokens else self.kernel_time_scale
+        return self.kernel_time_scale_prefill if shape.prefill_tokens else self.decode_scale(shape.decode_seqs)
 
     def host_floor_at(self, prefill_seqs: int) -> float:
         """The host's time to issue an iteration with ``prefill_seqs`` prefilled requests (seconds;
@@ -810,7 +838,8 @@ class OpLevelModel:
             "kv_dtype": self.kv_dtype,
             "iteration_overhead_s": self.iteration_overhead_s,
             "iteration_overhead_prefill_s": self.iteration_overhead_prefill_s,
-            "kernel_time_scale": self.kernel_time_scale,
+            "kernel_time_scale": (dict(self.kernel_time_scale) if isinstance(self.kernel_time_scale, dict)
+                                  else self.kernel_time_scale),
             "kernel_time_scale_prefill": self.kernel_time_scale_prefill,
             "host_floor_s": self.host_floor_s,
             "host_floor_per_prefill_seq_s": self.host_floor_per_prefill_seq_s,

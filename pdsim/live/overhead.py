@@ -11,7 +11,8 @@ preparation, the forward pass, sampling, bookkeeping). For the same batch shape 
 ``iteration_overhead_s = 0`` predicts the profiled kernels' time; ``cycle - prediction`` is the time the
 model does not charge, and ``cycle / prediction`` how much slower than its micro-benchmarks the engine
 runs them (``kernel_time_scale_decode`` / ``_prefill``: its medians over the grid's pure decode and
-prefill iterations, for ``pdsim validate --overhead-model scaled``). ``iteration_overhead_s`` is the **median** over all iterations of the grid (the
+prefill iterations; ``kernel_time_scale_decode_by_batch``: the decode median per batch size; for
+``pdsim validate --overhead-model scaled``). ``iteration_overhead_s`` is the **median** over all iterations of the grid (the
 last iteration of every point is left out: it has no successor). Also recorded: the median of the log's
 ``host_s`` (engine time outside ``LlamaModel.step``) and of ``duration_s - prediction`` (time inside the
 step beyond the profiled kernels: Python, tensor set-up, small unprofiled ops), whose sum is about the
@@ -116,6 +117,7 @@ def compare_grid(grid: pd.DataFrame, latency, *, engine_config: dict | None = No
         "overhead_prefill_median_s": float(df.loc[df["phase"] == "prefill", "overhead_s"].median()),
         "kernel_time_scale_decode": float((df["cycle_s"] / df["predicted_s"])[df["phase"] == "decode"].median()),
         "kernel_time_scale_prefill": float((df["cycle_s"] / df["predicted_s"])[df["phase"] == "prefill"].median()),
+        "kernel_time_scale_decode_by_batch": _decode_scale_by_batch(df),
         "host_outside_step_median_s": float(df["host_s"].median()),
         "inside_step_beyond_kernels_median_s": float((df["duration_s"] - df["predicted_s"]).median()),
         "grid": {"batch_sizes": sorted(int(b) for b in df["b"].unique()),
@@ -127,6 +129,13 @@ def compare_grid(grid: pd.DataFrame, latency, *, engine_config: dict | None = No
         "host_floor_model": fit_host_floor(df),
     }
     return summary, df
+
+
+def _decode_scale_by_batch(df: pd.DataFrame) -> dict[int, float]:
+    """Median of cycle / prediction over the grid's pure decode iterations, per decode batch size."""
+    dec = df[df["phase"] == "decode"]
+    ratio = (dec["cycle_s"] / dec["predicted_s"]).groupby(dec["decode_seqs"]).median()
+    return {int(b): float(v) for b, v in ratio.items()}
 
 
 def fit_host_floor(df: pd.DataFrame) -> dict[str, Any]:
@@ -238,8 +247,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"prefill {ms['overhead_prefill_median_s']:.3f}; host outside the step {ms['host_outside_step_median_s']:.3f}, "
              f"inside the step beyond the kernels {ms['inside_step_beyond_kernels_median_s']:.3f})"]
     if "kernel_time_scale_decode" in summary:
-        lines.append(f"kernel time scale (median cycle / profiled kernels): decode x{summary['kernel_time_scale_decode']:.3f}, "
-                     f"prefill x{summary['kernel_time_scale_prefill']:.3f}")
+        by_batch = summary.get("kernel_time_scale_decode_by_batch") or {}
+        lines.append(f"kernel time scale (median cycle / profiled kernels): decode x{summary['kernel_time_scale_decode']:.3f}"
+                     + (f" ({', '.join(f'b={b}: x{v:.2f}' for b, v in by_batch.items())})" if by_batch else "")
+                     + f", prefill x{summary['kernel_time_scale_prefill']:.3f}")
     hf = summary.get("host_floor_model")
     if hf:
         lines.append(f"host floor: {hf['host_floor_s'] * 1e3:.2f} ms + {hf['host_floor_per_prefill_seq_s'] * 1e3:.2f} ms per "

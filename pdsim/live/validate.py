@@ -259,7 +259,9 @@ def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batch
         activation_bytes_per_gpu=0, kv_bytes_per_token_per_gpu=spec.kv_bytes_per_token_per_gpu(1, 1, nbytes),
         price_usd_per_gpu_hour=0.0,
         latency_source=("op_level", (str(profile.path),), spec, 1, 1, dtype, None,
-                        (float(iteration_overhead_s), iteration_overhead_prefill_s, *kernel_time_scale), "auto",
+                        (float(iteration_overhead_s), iteration_overhead_prefill_s,
+                         tuple(sorted(kernel_time_scale[0].items())) if isinstance(kernel_time_scale[0], dict)
+                         else kernel_time_scale[0], kernel_time_scale[1]), "auto",
                         (floor_s, floor_seq_s)),
         latency_source_kinds=(profile.meta.source_kind,))
     return pool, latency
@@ -613,8 +615,8 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
                "per iteration that prefills")
             + f" (the engine's time outside them, measured independently of this run: {overhead_source or 'given'}); "
             "nothing here is fitted to the live run."]),
-        *([f"- Kernel time scale: the profiled kernels' time multiplied by {scales[0]:.3f} in pure decode iterations "
-           f"and {scales[1] if scales[1] is not None else scales[0]:.3f} in iterations that prefill (how much slower "
+        *([f"- Kernel time scale: the profiled kernels' time multiplied by {_scale_text(scales[0])} in pure decode iterations "
+           f"and {_scale_text(scales[1] if scales[1] is not None else scales[0])} in iterations that prefill (how much slower "
            "than its micro-benchmarks the engine ran them on its synthetic grid, measured independently of this run: "
            f"{overhead_source or 'given'})."] if tuple(scales) != (1.0, None) else []),
         *([f"- Host floor: every iteration takes at least {host_floor[0] * 1e3:.2f} ms + "
@@ -637,14 +639,21 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _scale_text(scale) -> str:
+    if isinstance(scale, dict):
+        return "(" + ", ".join(f"{v:.2f} at {b}" for b, v in sorted(scale.items())) + " sequences, log-linear between)"
+    return f"{scale:.3f}"
+
+
 OVERHEAD_MODELS = ("additive", "by_phase", "scaled", "host_floor")
 """How ``pdsim validate`` charges the engine's time outside the profiled kernels, from a grid
 measurement (``pdsim.live.overhead``): ``additive`` its median over all iterations, on every iteration;
 ``by_phase`` its median over pure decode iterations on those and its median over prefill iterations on
 every iteration that prefills (``iteration_overhead_prefill_s``); ``scaled`` no added time but the
 profiled kernels' time multiplied by the grid's median of cycle / prediction, over its pure decode
-iterations on those and over its prefill iterations on iterations that prefill (``kernel_time_scale``,
-``kernel_time_scale_prefill``: on a CPU the engine runs the kernels slower than the isolated
+iterations of each batch size on pure decode iterations (read linearly in log batch size; one median
+over all of them for a grid file without the per-batch figures) and over its prefill iterations on
+iterations that prefill (``kernel_time_scale``, ``kernel_time_scale_prefill``: on a CPU the engine runs the kernels slower than the isolated
 micro-benchmarks, by a factor that depends on the kind of iteration and on the host's state);
 ``host_floor`` the host floor fitted to it (GPU engines that launch every kernel from Python)."""
 
@@ -662,7 +671,8 @@ def _overhead_option(value_s: float, path: Path | None, model: str = "additive")
         return {"iteration_overhead_s": value_s, "iteration_overhead_source": "--iteration-overhead-s"}
     need = {"additive": "iteration_overhead_s",
             "by_phase": "overhead_decode_median_s, overhead_prefill_median_s",
-            "scaled": "kernel_time_scale_decode, kernel_time_scale_prefill (a grid measured since 2026-12-04)",
+            "scaled": "kernel_time_scale_prefill and kernel_time_scale_decode_by_batch or kernel_time_scale_decode "
+                      "(a grid measured since 2026-12-04)",
             "host_floor": "host_floor_model.{iteration_overhead_s, host_floor_s, host_floor_per_prefill_seq_s}"}[model]
     try:
         data = json.loads(Path(path).read_text())
@@ -673,9 +683,13 @@ def _overhead_option(value_s: float, path: Path | None, model: str = "additive")
             out["iteration_overhead_prefill_s"] = float(block["overhead_prefill_median_s"])
         elif model == "scaled":
             out["iteration_overhead_s"] = 0.0
-            out["kernel_time_scale"] = (float(block["kernel_time_scale_decode"]), float(block["kernel_time_scale_prefill"]))
-            if not all(v > 0 and math.isfinite(v) for v in out["kernel_time_scale"]):
-                raise ValueError(f"kernel time scales must be finite and > 0, got {out['kernel_time_scale']}")
+            by_batch = block.get("kernel_time_scale_decode_by_batch")
+            decode = ({int(b): float(v) for b, v in by_batch.items()} if by_batch
+                      else float(block["kernel_time_scale_decode"]))
+            out["kernel_time_scale"] = (decode, float(block["kernel_time_scale_prefill"]))
+            values = [*(decode.values() if isinstance(decode, dict) else [decode]), out["kernel_time_scale"][1]]
+            if not all(v > 0 and math.isfinite(v) for v in values) or (isinstance(decode, dict) and min(decode) < 1):
+                raise ValueError(f"kernel time scales must be finite and > 0 at batch sizes >= 1, got {out['kernel_time_scale']}")
         else:
             out["iteration_overhead_s"] = float(block["iteration_overhead_s"])
         if model == "host_floor":
@@ -686,7 +700,9 @@ def _overhead_option(value_s: float, path: Path | None, model: str = "additive")
     if model == "by_phase":
         method = f"medians over the grid's decode and prefill iterations; {method}"
     elif model == "scaled":
-        method = "medians of cycle / profiled kernels over the grid's decode and prefill iterations; pdsim.live.overhead"
+        method = ("medians of cycle / profiled kernels over the grid's decode iterations"
+                  + (" per batch size" if isinstance(out["kernel_time_scale"][0], dict) else "")
+                  + " and over its prefill iterations; pdsim.live.overhead")
     out["iteration_overhead_source"] = f"{path} ({method})"
     return out
 

@@ -255,7 +255,7 @@ def _latency_source(exp: LoadedExperiment, cfg: PoolConfig, model: ModelSpec, gp
         dtype = lat.dtype or mc.dtype
         kv_dtype = lat.kv_dtype or (mc.effective_kv_dtype if lat.dtype is None else None)
         return ("op_level", profiles, model, cfg.tp, cfg.pp, dtype, kv_dtype,
-                (lat.iteration_overhead_s, lat.iteration_overhead_prefill_s, lat.kernel_time_scale,
+                (lat.iteration_overhead_s, lat.iteration_overhead_prefill_s, _hashable_scale(lat.kernel_time_scale),
                  lat.kernel_time_scale_prefill), lat.all_reduce_backend,
                 (lat.host_floor_s, lat.host_floor_per_prefill_seq_s))
     raise ConfigError(f"{exp.path}: {where}.latency: unsupported kind")  # unreachable
@@ -438,6 +438,11 @@ def _plan_staged_pool(exp: LoadedExperiment, cfg: PoolConfig, role: str, model: 
 _OP_LEVEL_CACHE: dict[tuple, OpLevelModel] = {}
 
 
+def _hashable_scale(scale):
+    """A ``kernel_time_scale`` table as sorted ``(batch size, factor)`` pairs (latency sources are keys)."""
+    return tuple(sorted(scale.items())) if isinstance(scale, dict) else scale
+
+
 def _op_level_model(source: tuple, gpu: GpuSpec) -> OpLevelModel:
     """The op-level model of a latency source, built once per process (construction reads the
     profiles and precomputes curves); callers take ``.fresh()`` copies with their own counters."""
@@ -446,6 +451,7 @@ def _op_level_model(source: tuple, gpu: GpuSpec) -> OpLevelModel:
     if model is None:
         _, paths, spec, tp, pp, dtype, kv_dtype, engine, backend, (floor_s, floor_seq_s), *stage_layers = source
         overhead_s, overhead_prefill_s, scale, scale_prefill = engine
+        scale = dict(scale) if isinstance(scale, tuple) else scale
         profiles = [load_profile(p) for p in paths]
         model = OpLevelModel(profiles, spec, tp=tp, pp=pp, dtype=dtype, kv_dtype=kv_dtype, gpu=gpu,
                              iteration_overhead_s=overhead_s, all_reduce_backend=backend,
