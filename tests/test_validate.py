@@ -178,12 +178,39 @@ def test_validate_experiment_yaml(tmp_path):
     assert "iteration_overhead_s = 0.200 ms" in report and "iteration_overhead.value_s" in report
 
 
+def test_validate_experiment_measures_the_grid_and_charges_it_scaled(tmp_path):
+    """``iteration_overhead: {measure: true, model: scaled}``: the engine's grid runs first (in this
+    process), its per-batch decode and its prefill kernel time scales reach the simulation, and the
+    report says so; ``profile: {}`` takes this CPU's profile of the thread count."""
+    exp = tmp_path / "v.yaml"
+    exp.write_text(
+        "name: ci\nmode: colocated\ntrace: " + str(Path("traces/tiny/tiny.csv").resolve()) + "\n"
+        "max_requests: 8\nrate_scale: 4\nmax_prompt_tokens: 32\nmax_output_tokens: 6\nthreads: 2\n"
+        "engine: {kv_capacity_tokens: 4096}\nprofile: {}\n"
+        "iteration_overhead: {measure: true, model: scaled}\nout: run\n")
+    old = torch.get_num_threads()
+    try:
+        res = runner.invoke(app, ["validate", str(exp)])
+    finally:
+        torch.set_num_threads(old)
+    assert res.exit_code == 0, res.output
+    grid = json.loads((tmp_path / "run" / "engine_overhead.json").read_text())
+    table = {int(b): v for b, v in grid["kernel_time_scale_decode_by_batch"].items()}
+    assert sorted(table) == [1, 2, 4, 8, 16, 32] and all(v > 0 for v in table.values())
+    report = (tmp_path / "run" / "validate" / "report.md").read_text()
+    assert "Kernel time scale: the profiled kernels' time multiplied by (" in report
+    assert f"{grid['kernel_time_scale_prefill']:.3f} in iterations that prefill" in report
+    assert "charges only the kernels" not in report  # the scaled model is not the kernels-only comparison
+
+
 @pytest.mark.parametrize("body, message", [
     ("name: x\ntrace: t.csv\nmode: split\n", "mode: Input should be 'colocated' or 'disaggregated', got 'split'"),
     ("name: x\ntrace: t.csv\nbogus: 1\n", "bogus: Extra inputs are not permitted"),
     ("name: x\ntrace: t.csv\niteration_overhead: {value_s: 0.1, measure: true}\n", "give one of iteration_overhead"),
     ("name: x\ntrace: t.csv\niteration_overhead: {file: nope.json}\n", "iteration_overhead.file: file not found"),
     ("[1, 2]\n", "expected a mapping"),
+    ("name: x\ntrace: t.csv\niteration_overhead: {measure: true, model: nope}\n", "iteration_overhead.model"),
+    ("name: x\ntrace: t.csv\nprofile: {measure: quick, flush_level: l3}\n", "profile.flush_level"),
 ])
 def test_validate_experiment_bad_input_exits_2(tmp_path, body, message):
     exp = tmp_path / "v.yaml"
