@@ -97,6 +97,24 @@ def test_greedy_tokens_equal_the_colocated_engine(runs):
         assert dis.token_ids[rid] == col.token_ids[rid], f"request {rid}"
 
 
+def test_chunked_prefill_on_both_workers_keeps_the_greedy_tokens(small_cfg_path, runs):
+    """Both workers chunk prefills within a 24-token budget (the decode worker's re-prefills after its
+    preemptions too): every request finishes with the colocated engine's greedy tokens, and no
+    iteration of either worker prefills more than the budget."""
+    wl, _, col, _, _ = runs
+    prefill = EngineConfig(model_config=small_cfg_path, kv_capacity_blocks=64, seed=5, max_num_batched_tokens=24,
+                           chunked_prefill=True)
+    decode = EngineConfig(model_config=small_cfg_path, kv_capacity_blocks=10, watermark_fraction=0.0, seed=5,
+                          max_num_batched_tokens=24, chunked_prefill=True)
+    dis = DisaggregatedEngine(prefill, decode, threads=1).run(wl)
+    for rid in wl["request_id"]:
+        assert dis.token_ids[rid] == col.token_ids[rid], f"request {rid}"
+        assert len(dis.token_times_s[rid]) == len(dis.token_ids[rid])
+    p, d = dis.worker_iterations_frame("prefill"), dis.worker_iterations_frame("decode")
+    assert p["prefill_tokens"].max() <= 24 and d["prefill_tokens"].max() <= 24
+    assert (wl["prompt_tokens"] > 24).any()  # some prompts really were split
+
+
 def test_transfers_move_exactly_the_prompt_kv(runs):
     wl, dis, _, _, _ = runs
     tr = dis.transfers_frame()

@@ -37,6 +37,7 @@ def live_command(
     kv_capacity_tokens: Annotated[Optional[int], typer.Option("--kv-capacity-tokens", help="KV capacity in tokens (rounded down to whole blocks). Default 32768.")] = None,
     kv_capacity_blocks: Annotated[Optional[int], typer.Option("--kv-capacity-blocks", help="KV capacity in blocks (instead of --kv-capacity-tokens).")] = None,
     watermark_fraction: opts.WatermarkFraction = 0.01,
+    chunked_prefill: opts.ChunkedPrefill = False,
     ttft_slo_s: opts.TtftSloS = 1.0,
     tpot_slo_s: opts.TpotSloS = 0.1,
     slo_percentile: opts.SloPercentile = 90.0,
@@ -57,7 +58,7 @@ def live_command(
 def _live(*, trace, trace_format, rate_scale, max_requests, window_start_s, window_duration_s, max_prompt_tokens,
           max_output_tokens, out, model_config, dtype, device, seed, max_num_batched_tokens, max_num_seqs, block_size,
           kv_capacity_tokens, kv_capacity_blocks, watermark_fraction, ttft_slo_s, tpot_slo_s, slo_percentile,
-          threads, mode="colocated") -> None:
+          threads, mode="colocated", chunked_prefill=False) -> None:
     from pdsim.live.workload import slo_config, trace_requests
     from pdsim.metrics.records import requests_frame
     from pdsim.metrics.summary import summarize, summarize_one
@@ -90,7 +91,7 @@ def _live(*, trace, trace_format, rate_scale, max_requests, window_start_s, wind
     config = EngineConfig(
         model_config=None if model_config is None else str(model_config), dtype=dtype, device=device, seed=seed,
         max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, block_size=block_size,
-        kv_capacity_blocks=kv_capacity_blocks, watermark_fraction=watermark_fraction)
+        kv_capacity_blocks=kv_capacity_blocks, watermark_fraction=watermark_fraction, chunked_prefill=chunked_prefill)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available in this torch build")
     if mode == "disaggregated":

@@ -41,8 +41,12 @@ message and any wait for the sender, like the simulator's port queueing + wire t
 ``decode_wait_s`` (``kv_transfer_wait_s``) from the end of the prefill to that reservation. Both sides'
 times of every transfer are kept (``transfers``).
 
+Chunked prefill (``EngineConfig.chunked_prefill``) applies to each worker's scheduler: the prefill
+worker prefills long prompts in chunks and hands a request off after its last chunk; the decode
+worker's re-prefills after a preemption are chunked too.
+
 Not implemented: NCCL / RCCL on GPUs (one GPU per worker) and shared-memory transfers; more than one
-worker per role; chunked prefill.
+worker per role.
 """
 
 from __future__ import annotations
@@ -382,7 +386,7 @@ def _prefill_loop(engine, job: _Job, now, offers, ready, dist) -> dict:
             except queue.Empty:
                 pass
             continue
-        for r in it.batch.prefill:
+        for r in it.emitted:
             token_t[r.id] = it.end_s
         done += len(it.finished)
         for r in it.handed_off:
@@ -476,7 +480,7 @@ def _decode_loop(engine, job: _Job, now, offers, ready, dist, torch) -> dict:
         if it is None:
             handle(inbox.get())
             continue
-        for r in (*it.batch.prefill, *it.batch.decode):
+        for r in it.emitted:
             token_t[r.id].append(it.end_s)
         done += len(it.finished)
     offers.put(None)  # stop the listener

@@ -18,9 +18,12 @@ simulator's: running requests decode first; a running request that finds no KV b
 most recently admitted one (recompute: its KV is dropped and it later re-prefills its prompt plus the
 tokens it generated); waiting requests are admitted FCFS, whole prompts only, while the token budget
 (``max_num_batched_tokens`` minus one per decode), ``max_num_seqs`` and the KV blocks (keeping the
-watermark free) allow; nothing is admitted in an iteration that preempted. Chunked prefill is not
-implemented. The model's KV cache mirrors the block manager: a preempted request's KV is freed in the
-model, a finished request's too, and the tokens actually cached are checked against the capacity after
+watermark free) allow; nothing is admitted in an iteration that preempted. With ``chunked_prefill``
+the scheduler's chunked policy applies instead (running requests first, each a decode token or its
+next prefill chunk within the budget, then new prompts, chunked to fit): the engine feeds the model
+each request's chunk after its cached tokens, and only a request's last chunk yields a token. The
+model's KV cache mirrors the block manager: a request whose blocks the scheduler freed (preempted) is
+freed in the model, a finished request too, and the tokens actually cached are checked against the capacity after
 every iteration (``InvariantViolation`` otherwise).
 
 Prompt token ids are pseudo-random, drawn from ``numpy.random.default_rng([seed, request_id])`` (content
@@ -93,6 +96,8 @@ class EngineConfig:
         block_size: tokens per KV block.
         kv_capacity_blocks: KV blocks of the instance (capacity in tokens = blocks x block_size).
         watermark_fraction: fraction of the blocks kept free when admitting new prefills.
+        chunked_prefill: split prefills into chunks within the token budget, running requests first
+            (the simulator's ``SchedulerLimits.chunked_prefill``, vLLM v1's chunked prefill).
         memory_bytes: memory the engine may use on its device for weights and KV cache (None: what is
             available when it starts, ``available_memory_bytes``); a model that does not fit is refused.
     """
@@ -107,6 +112,7 @@ class EngineConfig:
     kv_capacity_blocks: int = 2048
     watermark_fraction: float = 0.01
     memory_bytes: int | None = None
+    chunked_prefill: bool = False
 
     def __post_init__(self) -> None:
         if self.memory_bytes is not None and (not isinstance(self.memory_bytes, int) or self.memory_bytes < 1):
@@ -221,7 +227,7 @@ def check_request(config: EngineConfig, max_positions: int, request_id: int, pro
         raise ConfigError(
             f"request {request_id}: prompt_tokens + output_tokens = {total} exceeds the model's "
             f"max_position_embeddings {max_positions}")
-    if total - 1 > c.max_num_batched_tokens:
+    if total - 1 > c.max_num_batched_tokens and not c.chunked_prefill:
         raise ConfigError(
             f"request {request_id}: prompt_tokens + output_tokens - 1 = {total - 1} exceeds "
             f"max_num_batched_tokens {c.max_num_batched_tokens} (no chunked prefill: a preempted "
@@ -273,14 +279,16 @@ class LiveResult:
 
 @dataclass(slots=True)
 class Iteration:
-    """One executed engine iteration: the batch, its start and end (s), the requests it finished and
-    (prefill role) those it handed off for KV transfer."""
+    """One executed engine iteration: the batch, its start and end (s), the requests it finished,
+    (prefill role) those it handed off for KV transfer, and those that got a token (every decode and
+    every prefill that completed; a non-final chunk of a chunked prefill yields none)."""
 
     batch: Any
     start_s: float
     end_s: float
     finished: list[Request]
     handed_off: list[Request] = field(default_factory=list)
+    emitted: list[Request] = field(default_factory=list)
 
 
 class EngineCore:
@@ -303,7 +311,8 @@ class EngineCore:
         c = engine.config
         self.model = engine.model
         self.kv = KVBlockManager(c.kv_capacity_blocks, c.block_size, c.watermark_blocks)
-        self.sched = self.make_scheduler(self.kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs))
+        self.sched = self.make_scheduler(self.kv, SchedulerLimits(c.max_num_batched_tokens, c.max_num_seqs,
+                                                                  chunked_prefill=c.chunked_prefill))
         self.capacity_tokens = c.kv_capacity_tokens
         self.prompts, self.generated, self.now, self.log = prompts, generated, now, log
         self.held: set[int] = set()  # sequences in the model's KV cache
@@ -331,13 +340,23 @@ class EngineCore:
         batch = self.sched.next_batch()
         if batch is None:
             return None
-        model, held, generated = self.model, self.held, self.generated
-        # Mirror preemptions into the model: a sequence held but not decoding now was preempted.
-        decoding = {r.id for r in batch.decode}
-        for sid in [s for s in held if s not in decoding]:
+        model, held, generated, kv = self.model, self.held, self.generated, self.kv
+        # Mirror preemptions into the model: a sequence it holds whose blocks the block manager freed was
+        # preempted (recompute). (With chunked prefill a running request the budget left out this
+        # iteration keeps its blocks and its cache.)
+        for sid in [s for s in held if kv.blocks_of(s) == 0]:
             model.free(sid)
             held.discard(sid)
-        prefill = [(r.id, self.prompts[r.id] + generated[r.id]) for r in batch.prefill]
+        prefill, emits = [], []
+        for r, n in zip(batch.prefill, batch.prefill_tokens):
+            seq = self.prompts[r.id] + generated[r.id]  # a re-prefill after a preemption recomputes the generated tokens
+            cached = r.kv_tokens  # computed before this chunk (0 for a fresh or recomputed prefill)
+            if r.prefill_target != len(seq) or (model.kv_num_tokens(r.id) if r.id in held else 0) != cached:
+                raise InvariantViolation(
+                    f"request {r.id}: prefill target {r.prefill_target} / cached {cached} do not match the engine's "
+                    f"sequence of {len(seq)} tokens / {model.kv_num_tokens(r.id) if r.id in held else 0} cached")
+            prefill.append((r.id, seq[cached:cached + n]))
+            emits.append(cached + n >= r.prefill_target)  # the last chunk yields the next token
         decode = [(r.id, generated[r.id][-1]) for r in batch.decode]
         start = self.now()
         for r in batch.prefill:
@@ -346,14 +365,16 @@ class EngineCore:
         tokens = model.step(prefill, decode)
         end = self.now()
         held.update(r.id for r in batch.prefill)
-        kv = self.kv
         cached = sum(model.kv_num_tokens(s) for s in held)
         if cached > self.capacity_tokens or kv.used_blocks > kv.capacity_blocks:
             raise InvariantViolation(f"KV over capacity: {cached} tokens cached, {kv.used_blocks} blocks "
                                      f"used, capacity {kv.capacity_blocks} blocks")
         used = kv.used_blocks
         self.iterations += 1
-        for r in (*batch.prefill, *batch.decode):
+        for r, emit in zip(batch.prefill, emits):
+            if emit:  # a non-final chunk's token is discarded, as vLLM does
+                generated[r.id].append(int(tokens[r.id]))
+        for r in batch.decode:
             generated[r.id].append(int(tokens[r.id]))
         done = self.sched.complete(batch, 1, [end], 0.0)
         for r in done.finished:
@@ -370,7 +391,8 @@ class EngineCore:
                 "host_s": (start - t_host) + (self.now() - end),
                 "enqueue_s": float(getattr(model, "last_enqueue_s", end - start)),
             })
-        return Iteration(batch, start, end, done.finished, done.handed_off)
+        emitted = [r for r, emit in zip(batch.prefill, emits) if emit] + list(batch.decode)
+        return Iteration(batch, start, end, done.finished, done.handed_off, emitted)
 
 
 class LiveEngine:
@@ -444,7 +466,7 @@ class LiveEngine:
                     raise InvariantViolation(f"engine idle with {n - done} requests unfinished")
                 sleep(max(0.0, reqs[nxt].arrival_s - (clock() - t0)))
                 continue
-            for r in (*it.batch.prefill, *it.batch.decode):
+            for r in it.emitted:
                 out.token_times_s[r.id].append(it.end_s)
             for r in it.finished:
                 done += 1

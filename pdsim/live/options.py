@@ -35,6 +35,7 @@ MaxNumBatchedTokens = Annotated[int, typer.Option("--max-num-batched-tokens", he
 MaxNumSeqs = Annotated[int, typer.Option("--max-num-seqs", help="Most requests in one iteration.")]
 BlockSize = Annotated[int, typer.Option("--block-size", help="Tokens per KV block.")]
 WatermarkFraction = Annotated[float, typer.Option("--watermark-fraction", help="Fraction of KV blocks kept free when admitting prefills.")]
+ChunkedPrefill = Annotated[bool, typer.Option("--chunked-prefill/--no-chunked-prefill", help="Split prefills into chunks within the token budget, running requests first (vLLM v1's chunked prefill; the simulator's enable_chunked_prefill).")]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -131,7 +131,7 @@ class ServingLoop:
                 if self._jobs:
                     raise InvariantViolation(f"engine idle with {len(self._jobs)} requests unfinished")
                 continue
-            for r in (*it.batch.prefill, *it.batch.decode):
+            for r in it.emitted:
                 self._jobs[r.id].tokens.put(self._generated[r.id][-1])
             for r in it.finished:
                 del self._generated[r.id], self._prompts[r.id]
@@ -300,6 +300,7 @@ def serve_command(
     block_size: opts.BlockSize = 16,
     kv_capacity_tokens: Annotated[int, typer.Option("--kv-capacity-tokens", help="KV capacity in tokens (rounded down to whole blocks).")] = 32768,
     watermark_fraction: opts.WatermarkFraction = 0.01,
+    chunked_prefill: opts.ChunkedPrefill = False,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch.set_num_threads (default: torch's default).")] = None,
 ) -> None:
     """Serve the reference engine behind an OpenAI-compatible /v1/completions endpoint (streaming SSE)."""
@@ -321,7 +322,7 @@ def serve_command(
             model_config=None if model_config is None else str(model_config), dtype=dtype, device=device,
             seed=seed, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
             block_size=block_size, kv_capacity_blocks=kv_capacity_tokens // block_size,
-            watermark_fraction=watermark_fraction))
+            watermark_fraction=watermark_fraction, chunked_prefill=chunked_prefill))
         httpd, loop = make_server(engine, host, port, model_name=model_name, allow_remote=allow_remote)
     except PdsimError as exc:
         opts.fail(str(exc))

@@ -179,32 +179,35 @@ def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_
                max_num_seqs: int, block_size: int, kv_capacity_blocks: int, watermark_fraction: float,
                iteration_overhead_s: float = 0.0, decode: dict[str, Any] | None = None,
                link: MeasuredLink | None = None, host_floor: tuple[float, float] = (0.0, 0.0),
-               iteration_overhead_prefill_s: float | None = None, kernel_time_scale: tuple[float, float | None] = (1.0, None)):
+               iteration_overhead_prefill_s: float | None = None, kernel_time_scale: tuple[float, float | None] = (1.0, None),
+               chunked_prefill: bool = False):
     """A ``DeploymentPlan`` on the profile's device with the op-level model: one colocated instance, or with
     ``decode`` (that worker's knobs: the same keys as the arguments, ``profile`` included) and ``link``
     one prefill instance (the arguments' knobs) and one decode instance. Returns (plan, the first
     pool's latency model). ``host_floor``: (``host_floor_s``, ``host_floor_per_prefill_seq_s``) of the
     op-level model (``pdsim.latency.oplevel``, "Host floor"); ``iteration_overhead_prefill_s``: the
     overhead of iterations that prefill (None: ``iteration_overhead_s``); ``kernel_time_scale``: the
-    op-level model's (``kernel_time_scale``, ``kernel_time_scale_prefill``)."""
+    op-level model's (``kernel_time_scale``, ``kernel_time_scale_prefill``); ``chunked_prefill``: the
+    schedulers' ``enable_chunked_prefill`` (both roles; ``decode`` may override it)."""
     from pdsim.models.arch import dtype_bytes
     from pdsim.sim.plan import DeploymentPlan
 
     if decode is None:
         pool, latency = _instance_pool("colocated", model_config, model_name, dtype, profile, max_num_batched_tokens,
                                   max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
-                                  host_floor, iteration_overhead_prefill_s, kernel_time_scale)
+                                  host_floor, iteration_overhead_prefill_s, kernel_time_scale, chunked_prefill)
         spec = latency.model
         return DeploymentPlan("sim", "colocated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pool,), None), latency
     if link is None:
         raise ConfigError("a disaggregated plan needs a KV link")
     pre, latency = _instance_pool("prefill", model_config, model_name, dtype, profile, max_num_batched_tokens,
                              max_num_seqs, block_size, kv_capacity_blocks, watermark_fraction, iteration_overhead_s,
-                             host_floor, iteration_overhead_prefill_s, kernel_time_scale)
+                             host_floor, iteration_overhead_prefill_s, kernel_time_scale, chunked_prefill)
     d = decode
     dec, _ = _instance_pool("decode", model_config, model_name, dtype, d["profile"], d["max_num_batched_tokens"],
                        d["max_num_seqs"], d["block_size"], d["kv_capacity_blocks"], d["watermark_fraction"],
-                       iteration_overhead_s, host_floor, iteration_overhead_prefill_s, kernel_time_scale)
+                       iteration_overhead_s, host_floor, iteration_overhead_prefill_s, kernel_time_scale,
+                       bool(d.get("chunked_prefill", chunked_prefill)))
     spec = latency.model
     return DeploymentPlan("sim", "disaggregated", spec, spec.max_context_tokens, dtype_bytes(dtype), (pre, dec),
                           link), latency
@@ -212,7 +215,7 @@ def build_plan(*, model_config: dict, model_name: str, dtype: str, profile, max_
 
 def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batched_tokens, max_num_seqs, block_size,
               kv_capacity_blocks, watermark_fraction, iteration_overhead_s, host_floor=(0.0, 0.0),
-              iteration_overhead_prefill_s=None, kernel_time_scale=(1.0, None)):
+              iteration_overhead_prefill_s=None, kernel_time_scale=(1.0, None), chunked_prefill=False):
     """One single-instance pool of ``role`` on the profile's device, and its op-level latency model: a CPU
     (gpu=None: no datasheet fallbacks; the host memory, price 0), or the catalog GPU a GPU profile was
     measured on (its datasheet serves the roofline fallbacks; price 0: a validation is not costed)."""
@@ -244,7 +247,8 @@ def _instance_pool(role, model_config, model_name, dtype, profile, max_num_batch
             return latency.fresh()
 
     sched = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-                            block_size=block_size, watermark_fraction=watermark_fraction)
+                            block_size=block_size, watermark_fraction=watermark_fraction,
+                            enable_chunked_prefill=bool(chunked_prefill))
     cfg = PoolConfig(gpu=device.name, instances=1,
                      latency=OpLevelLatency(kind="op_level", profile=str(profile.path), dtype=dtype,
                                             iteration_overhead_s=float(iteration_overhead_s),
@@ -468,7 +472,7 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
     engine.update(overrides)
     threads = overrides.get("threads", man.get("threads"))
     knobs = {"max_num_batched_tokens": 8192, "max_num_seqs": 256, "block_size": 16, "watermark_fraction": 0.01,
-             "dtype": "fp32", "model_config": None, "kv_capacity_blocks": None}
+             "dtype": "fp32", "model_config": None, "kv_capacity_blocks": None, "chunked_prefill": False}
     if kind == "replay" and "kv_capacity_blocks" not in engine:
         raise ConfigError("a replay run's manifest has no engine settings: give --kv-capacity-blocks (and the "
                           "other knobs the server used: --max-num-batched-tokens, --max-num-seqs, --block-size, "
@@ -500,6 +504,7 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         decode = {k: worker.get(k, knobs[k]) for k in ("max_num_batched_tokens", "max_num_seqs", "block_size",
                                                         "kv_capacity_blocks", "watermark_fraction")}
         decode = {k: (float(v) if k == "watermark_fraction" else int(v)) for k, v in decode.items()}
+        decode["chunked_prefill"] = bool(worker.get("chunked_prefill", knobs["chunked_prefill"]))
         decode["profile"] = prof
         link = MeasuredLink.from_profile(prof)
     plan, latency = build_plan(
@@ -508,7 +513,7 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         block_size=int(knobs["block_size"]), kv_capacity_blocks=int(knobs["kv_capacity_blocks"]),
         watermark_fraction=float(knobs["watermark_fraction"]), iteration_overhead_s=overhead_s,
         decode=decode, link=link, host_floor=host_floor, iteration_overhead_prefill_s=overhead_prefill_s,
-        kernel_time_scale=scales)
+        kernel_time_scale=scales, chunked_prefill=bool(knobs["chunked_prefill"]))
 
     live = live.sort_values(["arrival_s", "request_id"]).reset_index(drop=True)
     t0 = float(live["arrival_s"].min())
@@ -602,7 +607,7 @@ def validate(live_run: Path, out: Path, *, profile: str | None = None, overrides
         f"- Model: {model_name} ({mc_path or 'packaged tiny Llama'}), dtype {knobs['dtype']}; scheduler: "
         f"max_num_batched_tokens {knobs['max_num_batched_tokens']}, max_num_seqs {knobs['max_num_seqs']}, "
         f"block_size {knobs['block_size']}, KV capacity {knobs['kv_capacity_blocks']} blocks, "
-        f"watermark_fraction {knobs['watermark_fraction']}.",
+        f"watermark_fraction {knobs['watermark_fraction']}, chunked prefill {'on' if knobs['chunked_prefill'] else 'off'}.",
         *([] if overhead_s == 0 and not overhead_prefill_s and tuple(scales) != (1.0, None) else [
             f"- `iteration_overhead_s = {overhead_s:g}`: the op-level model charges only the kernels the profile "
             "measured (GEMMs, attention, elementwise ops). The engine's per-iteration Python work (scheduling, building "
@@ -719,6 +724,7 @@ def validate_command(
     block_size: Annotated[Optional[int], typer.Option("--block-size", help="Engine knob (replay runs; overrides the manifest).")] = None,
     kv_capacity_blocks: Annotated[Optional[int], typer.Option("--kv-capacity-blocks", help="KV blocks of the server (required for replay runs).")] = None,
     watermark_fraction: Annotated[Optional[float], typer.Option("--watermark-fraction", help="Engine knob (replay runs; overrides the manifest).")] = None,
+    chunked_prefill: Annotated[Optional[bool], typer.Option("--chunked-prefill/--no-chunked-prefill", help="Whether the server chunks prefills (replay runs; overrides the manifest).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Threads of the server (picks the CPU profile; replay runs).")] = None,
     iteration_overhead_s: Annotated[float, typer.Option("--iteration-overhead-s", help="Per-iteration engine host time charged by the op-level model (s), measured independently (benchmarks/measure_cpu_iterations.py --engine-overhead). Default 0.")] = 0.0,
     overhead_file: Annotated[Optional[Path], typer.Option("--overhead-file", help="JSON written by benchmarks/measure_cpu_iterations.py --engine-overhead or benchmarks/compare_grid.py: its iteration_overhead_s is used (instead of --iteration-overhead-s).")] = None,
@@ -743,7 +749,7 @@ def validate_command(
         cmp = validate(live_run, out or live_run / "validate", profile=profile, echo=typer.echo, overrides={
             "model_config": model_config, "dtype": dtype, "max_num_batched_tokens": max_num_batched_tokens,
             "max_num_seqs": max_num_seqs, "block_size": block_size, "kv_capacity_blocks": kv_capacity_blocks,
-            "watermark_fraction": watermark_fraction, "threads": threads,
+            "watermark_fraction": watermark_fraction, "chunked_prefill": chunked_prefill, "threads": threads,
             **_overhead_option(iteration_overhead_s, overhead_file, overhead_model)})
     except PdsimError as exc:
         opts.fail(str(exc))

@@ -56,6 +56,7 @@ class EngineSettings(_Strict):
     block_size: int = Field(default=16, ge=1)
     kv_capacity_tokens: int = Field(default=32768, ge=1)
     watermark_fraction: float = Field(default=0.01, ge=0, lt=0.5)
+    chunked_prefill: bool = False
 
 
 class ProfileChoice(_Strict):
@@ -177,6 +178,7 @@ def run_validation_experiment(path: Path, out: Path | None = None, echo=print):
           model_config=model_config, dtype=e.dtype, device="cpu", seed=e.seed,
           max_num_batched_tokens=e.max_num_batched_tokens, max_num_seqs=e.max_num_seqs, block_size=e.block_size,
           kv_capacity_tokens=e.kv_capacity_tokens, kv_capacity_blocks=None, watermark_fraction=e.watermark_fraction,
+          chunked_prefill=e.chunked_prefill,
           ttft_slo_s=exp.slo.ttft_s, tpot_slo_s=exp.slo.tpot_s, slo_percentile=exp.slo.percentile, threads=threads,
           mode=exp.mode)
     return validate(live_dir, out / "validate", profile=profile_name, overrides=overrides, echo=echo), out
