@@ -3,7 +3,8 @@ Azure conversation trace, colocated or disaggregated, then ``pdsim validate`` ag
 the thread count, and print the comparison table.
 
     python benchmarks/validate_cpu.py [--mode colocated|disaggregated] [--quick] [--requests N]
-        [--rate-scale X] [--threads N] [--overhead-file JSON | --measure-overhead]
+        [--rate-scale X] [--max-num-batched-tokens N] [--chunked-prefill] [--threads N]
+        [--overhead-file JSON | --measure-overhead]
         [--overhead-model additive|by_phase|scaled|host_floor] [--grid-after] [--out DIR]
 
 - ``--mode colocated`` (default): one engine, 2 threads; simulated on the 2-thread profile of this CPU
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="30 requests")
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rate-scale", type=float, default=1.1)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192, help="the engine's token budget per iteration")
+    ap.add_argument("--chunked-prefill", action="store_true", help="the engine (and the simulation) chunk prefills")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (colocated: 2; disaggregated: 1 per worker)")
     ap.add_argument("--profile", default=None,
                     help="CPU profile (default: the profile of this CPU model and the thread count, as pdsim validate picks it)")
@@ -92,9 +95,10 @@ def main() -> None:
                         "--threads", str(threads), "--profile", profile, "--out", str(overhead_file)], check=True)
     _live(trace=TRACE, trace_format="auto", rate_scale=args.rate_scale, max_requests=n, window_start_s=0.0,
           window_duration_s=None, max_prompt_tokens=512, max_output_tokens=64, out=live_dir, model_config=None,
-          dtype="fp32", device="cpu", seed=0, max_num_batched_tokens=8192, max_num_seqs=256, block_size=16,
+          dtype="fp32", device="cpu", seed=0, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=256,
+          block_size=16,
           kv_capacity_tokens=None, kv_capacity_blocks=None, watermark_fraction=0.01, ttft_slo_s=1.0,
-          tpot_slo_s=0.1, slo_percentile=90.0, threads=threads, mode=args.mode)
+          tpot_slo_s=0.1, slo_percentile=90.0, threads=threads, mode=args.mode, chunked_prefill=args.chunked_prefill)
     print(f"load average after the live run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.grid_after:
         _grid_after(overhead_file, out / f"engine_overhead_{Path(profile).name}_after.json", threads, profile)
@@ -108,8 +112,10 @@ def main() -> None:
     if overhead_file is not None:
         overrides = _overhead_option(0.0, overhead_file, args.overhead_model)
         prefill = overrides.get("iteration_overhead_prefill_s")
+        scale = overrides.get("kernel_time_scale")
         print(f"iteration_overhead_s = {overrides['iteration_overhead_s'] * 1e3:.3f} ms"
               + ("" if prefill is None else f", iteration_overhead_prefill_s = {prefill * 1e3:.3f} ms")
+              + ("" if scale is None else f", kernel_time_scale = {scale[0]} (decode) and {scale[1]:.3f} (prefill)")
               + f" ({args.overhead_model}) from {overhead_file}")
     cmp = validate(live_dir, val_dir, profile=profile, overrides=overrides)
     print(format_table(cmp))
