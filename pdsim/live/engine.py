@@ -23,8 +23,8 @@ the scheduler's chunked policy applies instead (running requests first, each a d
 next prefill chunk within the budget, then new prompts, chunked to fit): the engine feeds the model
 each request's chunk after its cached tokens, and only a request's last chunk yields a token. The
 model's KV cache mirrors the block manager: a request whose blocks the scheduler freed (preempted) is
-freed in the model, a finished request too, and the tokens actually cached are checked against the capacity after
-every iteration (``InvariantViolation`` otherwise).
+freed in the model, a finished request too, and the tokens actually cached are checked against the
+capacity after every iteration (``InvariantViolation`` otherwise).
 
 Prompt token ids are pseudo-random, drawn from ``numpy.random.default_rng([seed, request_id])`` (content
 does not matter for timing); every request generates exactly its trace's ``output_tokens`` greedy
@@ -334,7 +334,8 @@ class EngineCore:
         """Run one iteration (None when the scheduler has nothing to run).
 
         Raises:
-            InvariantViolation: KV over capacity (an engine bug).
+            InvariantViolation: KV over capacity, or a prefill whose target or cached tokens differ from
+                the model's cache (engine bugs).
         """
         t_host = self.now()
         batch = self.sched.next_batch()
