@@ -152,20 +152,25 @@ def test_bad_overhead_input_exits_2(live_run, tmp_path):
     assert code == 2 and "must be a finite number >= 0, got -1" in lines[0]
 
 
+def _run_experiment(tmp_path, body: str):
+    """Write a colocated validation experiment on the tiny trace (``body``: the rest of its keys), run
+    ``pdsim validate`` on it (restoring torch's thread count) and return the CLI result."""
+    exp = tmp_path / "v.yaml"
+    exp.write_text("name: ci\nmode: colocated\ntrace: " + str(Path("traces/tiny/tiny.csv").resolve()) + "\n" + body)
+    old = torch.get_num_threads()
+    try:
+        return runner.invoke(app, ["validate", str(exp)])
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_validate_experiment_yaml(tmp_path):
     """`pdsim validate EXPERIMENT.yaml`: runs the trace live as the file says, then the validation (the CI
     version: a dozen requests; the full one is experiments/validate_cpu*.yaml)."""
-    exp = tmp_path / "v.yaml"
-    exp.write_text(
-        "name: ci\nmode: colocated\ntrace: " + str(Path("traces/tiny/tiny.csv").resolve()) + "\n"
+    res = _run_experiment(tmp_path,
         "max_requests: 12\nrate_scale: 4\nmax_prompt_tokens: 48\nmax_output_tokens: 8\nthreads: 2\n"
         "engine: {kv_capacity_tokens: 4096}\nprofile: {name: cpu-epyc-2c}\n"
         "iteration_overhead: {value_s: 0.0002}\nslo: {ttft_s: 2.0, tpot_s: 0.5}\nout: run\n")
-    old = torch.get_num_threads()
-    try:
-        res = runner.invoke(app, ["validate", str(exp)])
-    finally:
-        torch.set_num_threads(old)
     assert res.exit_code == 0, res.output
     assert "| TTFT | P50 |" in res.output
     out = tmp_path / "run"  # `out` is relative to the YAML's directory
@@ -182,17 +187,10 @@ def test_validate_experiment_measures_the_grid_and_charges_it_scaled(tmp_path):
     """``iteration_overhead: {measure: true, model: scaled}``: the engine's grid runs first (in this
     process), its per-batch decode and its prefill kernel time scales reach the simulation, and the
     report says so; ``profile: {}`` takes this CPU's profile of the thread count."""
-    exp = tmp_path / "v.yaml"
-    exp.write_text(
-        "name: ci\nmode: colocated\ntrace: " + str(Path("traces/tiny/tiny.csv").resolve()) + "\n"
+    res = _run_experiment(tmp_path,
         "max_requests: 8\nrate_scale: 4\nmax_prompt_tokens: 32\nmax_output_tokens: 6\nthreads: 2\n"
         "engine: {kv_capacity_tokens: 4096}\nprofile: {}\n"
         "iteration_overhead: {measure: true, model: scaled}\nout: run\n")
-    old = torch.get_num_threads()
-    try:
-        res = runner.invoke(app, ["validate", str(exp)])
-    finally:
-        torch.set_num_threads(old)
     assert res.exit_code == 0, res.output
     grid = json.loads((tmp_path / "run" / "engine_overhead.json").read_text())
     table = {int(b): v for b, v in grid["kernel_time_scale_decode_by_batch"].items()}

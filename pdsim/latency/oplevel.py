@@ -106,7 +106,8 @@ floor and the overheads are not scaled):
 
 ``kernel_time_scale`` is a number, or a table ``{decode batch size: factor}`` read piecewise linearly
 in log(batch size) and held constant beyond its ends (a memory-bound small batch suffers more from a
-cold cache than a large one: on the Xeon VM 2.0-2.3 up to 8 sequences, 1.5-1.7 at 16-32).
+cold cache than a large one: on the Xeon VM with two threads 1.7-2.3 up to 8 sequences, 1.4-1.7 at
+16-32).
 Both default to 1. They are measured, not fitted: ``pdsim.live.overhead.compare_grid`` gives the
 medians of (engine cycle / kernels) over a synthetic grid's decode and prefill iterations
 (``pdsim validate --overhead-model scaled``; 1.4-2.2 for decode and 1.2-1.5 for prefill on a 2-vCPU
